@@ -1,0 +1,1 @@
+"""Thin Dagster assets: read inputs, call calibration_core, write artifacts, report metadata."""

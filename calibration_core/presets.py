@@ -1,0 +1,47 @@
+"""Build presets: how big a build is. ``AREACAL_PRESET`` picks one; run config may override fields."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    base_households: int  # households kept by stratified_microdata
+    clones: int  # geographic copies of every base household
+    top_agi_percentile: float  # households above this AGI percentile are always kept
+    regional_epochs: int
+    national_epochs: int
+    validation_areas: str  # "all" or "sample" (one area per kind plus a few districts)
+    year: int = 2024
+    seed: int = 20240101
+
+    def with_overrides(self, **overrides) -> "Preset":
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown preset field(s) {sorted(unknown)}")
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset("tiny", base_households=300, clones=4, top_agi_percentile=99.0,
+                   regional_epochs=200, national_epochs=200, validation_areas="sample"),
+    "demo": Preset("demo", base_households=3000, clones=16, top_agi_percentile=99.5,
+                   regional_epochs=600, national_epochs=600, validation_areas="all"),
+    "full": Preset("full", base_households=12000, clones=430, top_agi_percentile=99.5,
+                   regional_epochs=1000, national_epochs=1000, validation_areas="all"),
+}
+
+DEFAULT_PRESET = "demo"
+
+
+def get_preset(name: str | None = None) -> Preset:
+    name = name or os.environ.get("AREACAL_PRESET") or DEFAULT_PRESET
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown preset {name!r} (AREACAL_PRESET): expected one of {sorted(PRESETS)}"
+        ) from None

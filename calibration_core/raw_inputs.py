@@ -1,0 +1,300 @@
+"""Real public inputs, obtained offline from pinned registry packages or from a user's folder.
+
+Two packages on PyPI ship cached copies of the public statistics and microdata we need:
+
+* ``policyengine-us-data==1.115.4`` (a wheel; Census ACS API responses, USDA FNS SNAP workbooks,
+  the CMS Medicaid file, IRS SOI tables, the county->district table);
+* ``taxcalc==6.8.0`` (an sdist; Tax-Calculator's CPS file of real CPS ASEC tax units, its weights
+  and growth factors).
+
+``fetch_from_pypi`` downloads each archive with pip (no install), checks its sha256, keeps it in a
+cache folder (a second run needs no network) and extracts only the data files into ``dest``.
+``collect_from_directory`` takes the same files, as downloaded from the agencies, from a folder,
+plus optional files the packages lack (``22incd.csv``, PUF, donors, ASEC CSVs).
+Both write ``manifest.json`` listing every file with size and sha256.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .io_utils import atomic_path, atomic_write_json, sha256_file
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class PinnedPackage:
+    name: str
+    version: str
+    filename: str
+    sha256: str
+    pip_args: tuple[str, ...]
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.name}=={self.version}"
+
+
+PACKAGES: dict[str, PinnedPackage] = {
+    "policyengine-us-data": PinnedPackage(
+        "policyengine-us-data", "1.115.4", "policyengine_us_data-1.115.4-py3-none-any.whl",
+        "293546a4b462192332b1d2a12c358de1fbef65c3d0c9f48ab9cb4f384364ad76",
+        # the wheel requires Python >= 3.12; we only read its files, so ask for the 3.12 wheel
+        ("--no-deps", "--only-binary=:all:", "--python-version", "3.12"),
+    ),
+    "taxcalc": PinnedPackage(
+        "taxcalc", "6.8.0", "taxcalc-6.8.0.tar.gz",
+        "3813377ba9c5a4cdc1854093dff84f3d942ae6cd16593e142daf37bf385db024",
+        ("--no-deps", "--no-binary=:all:"),
+    ),
+}
+
+_PED = "policyengine_us_data/storage/"
+
+
+@dataclass(frozen=True)
+class RawFile:
+    name: str  # file name in the raw folder (and in a user's directory)
+    package: str | None  # pinned package that ships it; None = only from a user's directory
+    member: str | None  # path inside the package archive
+    agency: str
+    description: str
+    required: bool = True
+
+
+RAW_FILES: tuple[RawFile, ...] = (
+    RawFile("acs_S0101_national_2024.json", "policyengine-us-data",
+            _PED + "calibration/raw_inputs/acs_S0101_national_2024.json",
+            "Census ACS", "S0101 age and sex, 1-year 2024, nation"),
+    RawFile("acs_S0101_state_2024.json", "policyengine-us-data",
+            _PED + "calibration/raw_inputs/acs_S0101_state_2024.json",
+            "Census ACS", "S0101 age and sex, 1-year 2024, states + DC + PR"),
+    RawFile("acs_S0101_district_2024.json", "policyengine-us-data",
+            _PED + "calibration/raw_inputs/acs_S0101_district_2024.json",
+            "Census ACS", "S0101 age and sex, 1-year 2024, 119th-Congress districts"),
+    RawFile("acs_S2201_district_2024.json", "policyengine-us-data",
+            _PED + "calibration/raw_inputs/acs_S2201_district_2024.json",
+            "Census ACS", "S2201 food stamps/SNAP, 1-year 2024, districts"),
+    RawFile("acs5_congressional_districts_2024.json", "policyengine-us-data",
+            _PED + "calibration/raw_inputs/acs5_congressional_districts_2024.json",
+            "Census ACS", "119th-Congress district list, ACS 5-year 2024"),
+    RawFile("snap_fy69tocurrent.zip", "policyengine-us-data",
+            _PED + "calibration/raw_inputs/snap_fy69tocurrent.zip",
+            "USDA FNS", "SNAP National Data Bank workbooks FY1969-FY2025"),
+    RawFile("medicaid_enrollment_2024.csv", "policyengine-us-data",
+            _PED + "calibration/raw_inputs/medicaid_enrollment_2024.csv",
+            "CMS", "Medicaid & CHIP performance indicators, state x month"),
+    RawFile("agi_state.csv", "policyengine-us-data", _PED + "calibration_targets/agi_state.csv",
+            "IRS SOI", "returns and AGI by 10 AGI bands, states, TY2022 (in55cmcsv)"),
+    RawFile("soi_targets.csv", "policyengine-us-data", _PED + "calibration_targets/soi_targets.csv",
+            "IRS SOI", "Publication 1304 national tables, TY2015-2023"),
+    RawFile("eitc_state.csv", "policyengine-us-data", _PED + "calibration_targets/eitc_state.csv",
+            "IRS SOI", "EITC returns and amount by state, TY2022"),
+    RawFile("county_cd_distributions.csv", "policyengine-us-data",
+            _PED + "county_cd_distributions.csv",
+            "Census", "P(county | district), 119th Congress, 2020 block populations"),
+    RawFile("district_mapping.csv", "policyengine-us-data", _PED + "district_mapping.csv",
+            "Census", "116th -> 119th Congress district population crosswalk"),
+    RawFile("national_and_district_rents_2023.csv", "policyengine-us-data",
+            _PED + "national_and_district_rents_2023.csv",
+            "Census ACS", "median 2-bedroom rent by 118th-Congress district, ACS5 2023"),
+    RawFile("cps.csv.gz", "taxcalc", "taxcalc-6.8.0/taxcalc/cps.csv.gz",
+            "Census CPS ASEC via PSLmodels/taxdata", "280,005 CPS ASEC tax units, 2012-2014"),
+    RawFile("cps_weights.csv.gz", "taxcalc", "taxcalc-6.8.0/taxcalc/cps_weights.csv.gz",
+            "PSLmodels/taxdata", "CPS tax-unit weights WT2014..WT2036 (x100)"),
+    RawFile("growfactors.csv", "taxcalc", "taxcalc-6.8.0/taxcalc/growfactors.csv",
+            "PSLmodels/taxdata (CBO)", "growth factors 2011-2036 for uprating"),
+    RawFile("records_variables.json", "taxcalc", "taxcalc-6.8.0/taxcalc/records_variables.json",
+            "PSLmodels/Tax-Calculator", "descriptions of every CPS file column"),
+    # Optional files: only from a user's directory.
+    RawFile("22incd.csv", None, None, "IRS SOI",
+            "individual income by congressional district and AGI stub, TY2022", required=False),
+)
+
+OPTIONAL_FILE_PATTERNS: tuple[str, ...] = (
+    # Census ASEC public-use CSVs, IRS PUF, ACS PUMS / SIPP / SCF donor files.
+    "hhpub*.csv", "ffpub*.csv", "pppub*.csv",
+    "puf_*.csv", "demographics_*.csv",
+    "psam_p*.csv", "pu20*.csv", "scfp20*.csv", "rscfp20*.csv",
+)
+
+
+class RawInputError(ValueError):
+    """A raw input is missing, corrupt or of the wrong kind."""
+
+
+def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    if cache_dir:
+        return Path(cache_dir)
+    env = os.environ.get("AREACAL_CACHE")
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "areacal" / "pypi"
+
+
+def _download(package: PinnedPackage, cache: Path) -> Path:
+    """Return the verified archive, downloading it with pip only when the cache lacks it."""
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / package.filename
+    if target.exists() and sha256_file(target) == package.sha256:
+        return target
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+               *package.pip_args, "-d", tmp, package.requirement]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        downloaded = Path(tmp) / package.filename
+        if proc.returncode != 0 or not downloaded.exists():
+            raise RawInputError(
+                f"could not download {package.requirement} with pip (exit {proc.returncode}); "
+                f"expected {package.filename}. pip said: {proc.stderr.strip()[-800:]}"
+            )
+        digest = sha256_file(downloaded)
+        if digest != package.sha256:
+            raise RawInputError(
+                f"{package.filename}: sha256 {digest} does not match the pinned {package.sha256}"
+            )
+        os.replace(downloaded, target)
+    return target
+
+
+def _extract(archive: Path, member: str, dest: Path) -> None:
+    with atomic_path(dest) as tmp:
+        if archive.suffix == ".whl":
+            with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out)
+        else:
+            with tarfile.open(archive, "r:gz") as tf:
+                src = tf.extractfile(member)
+                if src is None:
+                    raise RawInputError(f"{archive.name}: {member} is not a regular file")
+                with src, open(tmp, "wb") as out:
+                    shutil.copyfileobj(src, out)
+
+
+def _file_entry(path: Path, origin: str) -> dict:
+    return {"size": path.stat().st_size, "sha256": sha256_file(path), "origin": origin}
+
+
+def fetch_from_pypi(dest: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                    extra_directory: str | os.PathLike | None = None) -> dict:
+    """Fetch the pinned packages (or reuse the cache), extract their data files into ``dest``.
+
+    ``extra_directory`` may add optional files (e.g. ``22incd.csv``) that the packages lack.
+    Returns the manifest, also written to ``dest/manifest.json``.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    cache = _cache_dir(cache_dir)
+    archives: dict[str, Path] = {}
+    packages: dict[str, dict] = {}
+    for name, package in PACKAGES.items():
+        archives[name] = _download(package, cache)
+        packages[name] = {"version": package.version, "file": package.filename,
+                          "sha256": package.sha256}
+    files: dict[str, dict] = {}
+    for raw in RAW_FILES:
+        if raw.package is None:
+            continue
+        out = dest / raw.name
+        archive = archives[raw.package]
+        origin = f"pypi:{PACKAGES[raw.package].requirement}:{raw.member}"
+        # skip re-extraction when an earlier run already extracted this very archive
+        previous = _read_manifest(dest).get("files", {}).get(raw.name)
+        if not (out.exists() and previous and previous.get("origin") == origin
+                and previous.get("sha256") == sha256_file(out)):
+            _extract(archive, raw.member, out)
+        files[raw.name] = _file_entry(out, origin)
+    if extra_directory:
+        files.update(_copy_optional(Path(extra_directory), dest))
+    manifest = {"provider": "pypi_cache", "packages": packages, "files": files}
+    atomic_write_json(dest / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def _copy_optional(src: Path, dest: Path) -> dict[str, dict]:
+    if not src.is_dir():
+        raise RawInputError(f"raw-input directory {src} does not exist or is not a folder")
+    names = {raw.name for raw in RAW_FILES if not raw.required}
+    found: dict[str, dict] = {}
+    for path in sorted(src.iterdir()):
+        if path.is_file() and (path.name in names
+                               or any(path.match(p) for p in OPTIONAL_FILE_PATTERNS)):
+            out = dest / path.name
+            with atomic_path(out) as tmp:
+                shutil.copyfile(path, tmp)
+            found[path.name] = _file_entry(out, f"directory:{path}")
+    return found
+
+
+def collect_from_directory(src: str | os.PathLike, dest: str | os.PathLike) -> dict:
+    """Copy the raw files from a user's folder (same names as agencies' downloads) into ``dest``."""
+    src, dest = Path(src), Path(dest)
+    if not src.is_dir():
+        raise RawInputError(f"raw-input directory {src} does not exist or is not a folder")
+    missing = [raw.name for raw in RAW_FILES if raw.required and not (src / raw.name).is_file()]
+    if missing:
+        raise RawInputError(
+            f"raw-input directory {src} lacks required file(s): {', '.join(missing)} "
+            "(names as in docs/data.md)"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    files: dict[str, dict] = {}
+    for raw in RAW_FILES:
+        if raw.required:
+            out = dest / raw.name
+            with atomic_path(out) as tmp:
+                shutil.copyfile(src / raw.name, tmp)
+            files[raw.name] = _file_entry(out, f"directory:{src / raw.name}")
+    files.update(_copy_optional(src, dest))
+    manifest = {"provider": "directory", "packages": {}, "files": files}
+    atomic_write_json(dest / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def _read_manifest(dest: Path) -> dict:
+    import json
+
+    path = dest / MANIFEST_NAME
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return {}
+
+
+def load_manifest(raw_dir: str | os.PathLike) -> dict:
+    """The manifest of a built raw folder; raises if the folder was never built."""
+    manifest = _read_manifest(Path(raw_dir))
+    if not manifest:
+        raise RawInputError(
+            f"{Path(raw_dir) / MANIFEST_NAME} is missing or unreadable: materialize "
+            "raw_public_inputs first"
+        )
+    return manifest
+
+
+def manifest_fingerprint(manifest: dict) -> str:
+    """A hash of every file's sha256: changes exactly when some raw input changes."""
+    from .io_utils import sha256_bytes
+
+    text = "\n".join(f"{n}:{e['sha256']}" for n, e in sorted(manifest["files"].items()))
+    return sha256_bytes(text.encode())
+
+
+def raw_path(raw_dir: str | os.PathLike, name: str) -> Path:
+    """Path of raw file ``name``; a clear error when it is absent."""
+    path = Path(raw_dir) / name
+    if not path.is_file():
+        known = {raw.name for raw in RAW_FILES}
+        hint = "" if name in known else f" (not a known raw input; known: {sorted(known)})"
+        raise RawInputError(f"raw input {path} is missing{hint}")
+    return path

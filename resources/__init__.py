@@ -1,0 +1,1 @@
+"""Dagster resources: artifact store, raw-input provider, build settings, weight fitter, publisher."""
