@@ -9,12 +9,12 @@ import os
 
 import dagster as dg
 
-import assets.raw
+import assets.raw_inputs
 from resources.raw_inputs import DirectoryProvider, PyPICacheProvider
 from resources.settings import BuildSettings
 from resources.store import ArtifactStore, default_home
 
-ASSET_MODULES = [assets.raw]
+ASSET_MODULES = [assets.raw_inputs]
 
 
 def build_resources() -> dict:
