@@ -1,6 +1,6 @@
 """The one Definitions object: assets, checks, jobs, sensors, resources and executor.
 
-Resources are chosen by ``AREACAL_ENV`` (``local`` default); the artifact root by ``AREACAL_HOME``;
+The artifact root is ``AREACAL_HOME``; raw inputs come from ``AREACAL_RAW_DIR`` when set;
 the build size by ``AREACAL_PRESET`` (``tiny`` | ``demo`` | ``full``).
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ import os
 import dagster as dg
 
 import assets.raw_inputs
+from jobs import ALL_JOBS
 from resources.raw_inputs import DirectoryProvider, PyPICacheProvider
 from resources.settings import BuildSettings
 from resources.store import ArtifactStore, default_home
@@ -34,11 +35,11 @@ def build_resources() -> dict:
 all_assets = dg.load_assets_from_modules(ASSET_MODULES)
 all_checks = dg.load_asset_checks_from_modules(ASSET_MODULES)
 
-build_all = dg.define_asset_job("build_all", selection=dg.AssetSelection.all())
+
 
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
-    jobs=[build_all],
+    jobs=ALL_JOBS,
     resources=build_resources(),
 )
