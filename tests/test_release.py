@@ -1,0 +1,185 @@
+"""Release manifest, verification, staging and all-or-nothing promotion (calibration_core.release),
+and the release assets and jobs (staged_release, published_release, promote)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from calibration_core import release as rel
+from tests.release_fixtures import write_fixture_store
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = {"preset": "tiny", "clones": 4}
+
+
+def _stage(store: Path, second: int = 0, **kw) -> Path:
+    run_id = rel.make_run_id("0.1.0", "b005aa262f81be69",
+                             dt.datetime(2025, 1, 2, 3, 4, second, tzinfo=dt.timezone.utc))
+    return rel.stage_release(store, run_id, config=CONFIG, version="0.1.0",
+                             git_sha="b005aa262f81be69", **kw)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return write_fixture_store(tmp_path_factory.mktemp("store"))
+
+
+def test_run_id_format():
+    when = dt.datetime(2025, 7, 31, 23, 59, 58, tzinfo=dt.timezone.utc)
+    assert rel.make_run_id("1.2.3", "ABCDEF0123456789", when) == "1.2.3_abcdef01_20250731_235958"
+    assert rel.make_run_id("1.2.3", None, when) == "1.2.3_00000000_20250731_235958"
+    with pytest.raises(ValueError, match="version"):
+        rel.make_run_id("1 2", "abcdef01", when)
+    with pytest.raises(ValueError, match="timezone"):
+        rel.make_run_id("1.2.3", "abcdef01", dt.datetime(2025, 1, 1))
+
+
+def test_stage_writes_a_complete_manifest_that_verifies(store, tmp_path):
+    folder = _stage(store, release_root=tmp_path / "rel")
+    manifest = rel.read_manifest(folder)
+    assert folder.name == manifest["run_id"] == "0.1.0_b005aa26_20250102_030400"
+    assert manifest["counts"] == {"states": 51, "districts": 436, "cities": 1, "national": 1}
+    assert manifest["complete"] is True
+    assert manifest["file_count"] == 489 + 2  # 488 areas + national + validation summary + csv
+    entry = manifest["files"]["districts/CA-12.h5"]
+    assert entry["size"] == (store / "areas/districts/CA-12.h5").stat().st_size
+    assert entry["sha256"] == rel.sha256_file(store / "areas/districts/CA-12.h5")
+    assert set(manifest["inputs"]) == {
+        "raw/manifest.json", "targets/policy_data.db", "calibration/package/initial_weights.npy",
+        "calibration/package/metadata.json", "calibration/regional_weights.npy"}
+    assert manifest["validation"]["holdout"]["state"]["mean_rel_abs_error"] == 0.05
+    assert manifest["config"] == CONFIG
+    assert rel.verify_manifest(folder, require_complete=True) == []
+    assert rel.staged_pointer(tmp_path / "rel")["run_id"] == manifest["run_id"]
+    # same inputs and outputs -> same content digest, whatever the run id
+    again = _stage(store, second=1, release_root=tmp_path / "rel")
+    assert rel.read_manifest(again)["content_sha256"] == manifest["content_sha256"]
+    with pytest.raises(rel.ReleaseError, match="already exists"):
+        _stage(store, release_root=tmp_path / "rel")
+
+
+def _cli_verify(folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "calibration_core.release", "verify", str(folder)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_verify_finds_every_kind_of_tampering(store, tmp_path):
+    folder = _stage(store, release_root=tmp_path / "rel")
+    ok = _cli_verify(folder)
+    assert ok.returncode == 0 and ok.stdout.startswith("OK"), ok.stderr
+    # the release is a hard-linked snapshot: tamper with copies, not with the store's files
+    for path in folder.rglob("*.h5"):
+        data = path.read_bytes()
+        path.unlink()
+        path.write_bytes(data)
+    (folder / "states/CA.h5").write_bytes(b"x" * (folder / "states/CA.h5").stat().st_size)
+    (folder / "districts/TX-01.h5").write_bytes(b"short")
+    (folder / "cities/NYC.h5").unlink()
+    (folder / "states/ZZ.h5").write_bytes(b"extra")
+    problems = rel.verify_manifest(folder)
+    assert any(p.startswith("states/CA.h5: sha256") for p in problems), problems
+    assert any(p.startswith("districts/TX-01.h5: size") for p in problems), problems
+    assert "cities/NYC.h5: listed in the manifest but missing" in problems
+    assert "states/ZZ.h5: present but not listed in the manifest" in problems
+    bad = _cli_verify(folder)
+    assert bad.returncode == 1 and "FAIL states/CA.h5: sha256" in bad.stderr
+    # an edited manifest no longer matches its own digest
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["config"]["preset"] = "full"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert any("content_sha256" in p for p in rel.verify_manifest(folder))
+    assert _cli_verify(tmp_path / "nowhere").returncode == 1
+
+
+def test_incomplete_or_empty_release_is_refused(tmp_path):
+    partial = write_fixture_store(tmp_path / "partial", skip=3)
+    with pytest.raises(rel.ReleaseError, match="districts: 433 file"):
+        _stage(partial)
+    assert not list((partial / "release" / "versions").glob("*"))
+    folder = _stage(partial, require_complete=False)
+    assert rel.read_manifest(folder)["complete"] is False
+    assert any("incomplete" in p for p in rel.verify_manifest(folder, require_complete=True))
+    empty = write_fixture_store(tmp_path / "empty", areas=False)
+    with pytest.raises(rel.ReleaseError, match="no release files"):
+        _stage(empty)
+
+
+@pytest.mark.parametrize("step", ["copy", "manifest", "verify", "rename"])
+def test_failed_staging_leaves_nothing(store, tmp_path, step):
+    def fault(name):
+        if name == step:
+            raise RuntimeError(f"injected at {name}")
+
+    with pytest.raises(RuntimeError, match="injected"):
+        _stage(store, release_root=tmp_path / "rel", fault=fault)
+    assert list((tmp_path / "rel" / "versions").iterdir()) == []
+    assert not (tmp_path / "rel" / "staged.json").exists()
+
+
+def _published_state(root: Path):
+    link = root / "published"
+    return os.readlink(link), rel.verify_manifest(link)
+
+
+def test_promotion_is_all_or_nothing(store, tmp_path):
+    root = tmp_path / "rel"
+    first = _stage(store, second=0, release_root=root)
+    second = _stage(store, second=1, release_root=root)
+    assert rel.published_run_id(root) is None
+    rel.promote_local(root, first.name)
+    before = _published_state(root)
+    assert before == ("versions/" + first.name, [])
+    for step in rel.PROMOTION_STEPS:
+        def fault(name, step=step):
+            if name == step:
+                raise RuntimeError(f"injected at {name}")
+
+        with pytest.raises(RuntimeError, match="injected"):
+            rel.promote_local(root, second.name, fault=fault)
+        assert _published_state(root) == before, step
+        assert not list(root.glob(".published.*")), step
+    # a corrupt staged release is refused before anything changes
+    (second / "validation/validation.csv").unlink()
+    (second / "validation/validation.csv").write_text("tampered\n")
+    with pytest.raises(rel.ReleaseError, match="production unchanged"):
+        rel.promote_local(root, second.name)
+    assert _published_state(root) == before
+    third = _stage(store, second=2, release_root=root)
+    rel.promote_local(root, third.name)
+    assert _published_state(root) == ("versions/" + third.name, [])
+    assert rel.published_run_id(root) == third.name
+    assert _cli_verify(root / "published").returncode == 0
+
+
+KILLER = """
+import os, sys
+from calibration_core.release import promote_local
+root, run_id, step = sys.argv[1:]
+def fault(name):
+    if name == step:
+        os._exit(9)  # as if killed: no cleanup, no exception handlers
+promote_local(root, run_id, fault=fault)
+"""
+
+
+def test_killing_the_promotion_midway_leaves_production_unchanged(store, tmp_path):
+    root = tmp_path / "rel"
+    first = _stage(store, second=0, release_root=root)
+    second = _stage(store, second=1, release_root=root)
+    rel.promote_local(root, first.name)
+    before = _published_state(root)
+    for step in rel.PROMOTION_STEPS:
+        proc = subprocess.run([sys.executable, "-c", KILLER, str(root), second.name, step],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 9, proc.stderr
+        assert _published_state(root) == before, step
+    # a leftover temporary link from the kill does not block the next promotion
+    rel.promote_local(root, second.name)
+    assert _published_state(root) == ("versions/" + second.name, [])
+    assert not list(root.glob(".published.*"))
