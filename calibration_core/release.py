@@ -357,6 +357,40 @@ def stage_release(store_root: str | os.PathLike, run_id: str, *, config: Mapping
     return final
 
 
+def copy_version(folder: str | os.PathLike, release_root: str | os.PathLike) -> Path:
+    """Copy a verified release folder to ``<release_root>/versions/<run_id>`` (another disk or
+    share), verify the copy in a hidden temporary folder, then rename it into place."""
+    folder = Path(folder)
+    problems = verify_manifest(folder)
+    if problems:
+        raise ReleaseError(f"{folder} does not verify: " + "; ".join(problems[:10]))
+    run_id = check_run_id(read_manifest(folder)["run_id"])
+    versions = Path(release_root) / VERSIONS_DIR
+    versions.mkdir(parents=True, exist_ok=True)
+    final = versions / run_id
+    if final.exists():
+        if verify_manifest(final) == [] and (
+                sha256_file(final / MANIFEST_NAME) == sha256_file(folder / MANIFEST_NAME)):
+            return final  # already staged there, identical
+        raise ReleaseError(f"{final} exists and differs from {folder}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=versions))
+    try:
+        for rel in [*read_manifest(folder)["files"], MANIFEST_NAME]:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / rel, tmp / rel)
+        problems = verify_manifest(tmp)
+        if problems:
+            raise ReleaseError(f"copy of {run_id} in {versions} does not verify: "
+                               + "; ".join(problems[:10]))
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, final)
+        _fsync_dir(versions)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
 def staged_pointer(release_root: str | os.PathLike) -> dict:
     """The last staged release (``run_id``, ``folder``, digests); ReleaseError when none."""
     path = Path(release_root) / STAGED_POINTER
