@@ -1,0 +1,1 @@
+"""Parts of the microdata stage; :mod:`calibration_core.microdata` is the public interface."""
