@@ -111,7 +111,10 @@ def make_targets(*, geo_level: str, geo_ids: Sequence[int], variable: str, value
                  period: int, unit: str, source: str, source_file: str,
                  domain: tuple = (), filer: bool = False, modelled: bool = False,
                  notes: str = "") -> pd.DataFrame:
-    """A target frame of ``len(geo_ids)`` rows sharing every field except geography and value."""
+    """A target frame of ``len(geo_ids)`` rows sharing every field except geography and value.
+
+    ``domain`` is stored sorted, so equal constraint sets compare equal."""
+    domain = tuple(sorted(domain))
     geo_ids = np.asarray(geo_ids, dtype=np.int64)
     values = np.asarray(values, dtype=np.float64)
     if geo_ids.shape != values.shape:
@@ -119,7 +122,7 @@ def make_targets(*, geo_level: str, geo_ids: Sequence[int], variable: str, value
     n = len(geo_ids)
     return pd.DataFrame({
         "geo_level": [geo_level] * n, "geo_id": geo_ids, "filer": [bool(filer)] * n,
-        "domain": [tuple(domain)] * n, "variable": [variable] * n,
+        "domain": [domain] * n, "variable": [variable] * n,
         "period": np.full(n, int(period), dtype=np.int64), "value": values,
         "unit": [unit] * n, "source": [source] * n, "source_file": [source_file] * n,
         "modelled": [bool(modelled)] * n, "notes": [notes] * n,
