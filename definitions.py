@@ -10,12 +10,28 @@ import os
 import dagster as dg
 
 import assets.raw_inputs
+import assets.release
 from jobs import ALL_JOBS
+from resources.publisher import HuggingFacePublisher, LocalDirectoryPublisher
 from resources.raw_inputs import DirectoryProvider, PyPICacheProvider
 from resources.settings import BuildSettings
 from resources.store import ArtifactStore, default_home
+from sensors import ALL_SENSORS
 
-ASSET_MODULES = [assets.raw_inputs]
+ASSET_MODULES = [assets.raw_inputs, assets.release]
+
+
+def build_publisher():
+    """``AREACAL_PUBLISHER=huggingface`` with ``AREACAL_HF_REPO`` (token: ``HF_TOKEN``) publishes
+    to the Hub; otherwise releases go to ``<store>/release`` (``AREACAL_RELEASE_DIR`` overrides)."""
+    if os.environ.get("AREACAL_PUBLISHER", "local") == "huggingface":
+        return HuggingFacePublisher(
+            repo_id=os.environ["AREACAL_HF_REPO"],
+            repo_type=os.environ.get("AREACAL_HF_REPO_TYPE", "dataset"),
+            endpoint=os.environ.get("AREACAL_HF_ENDPOINT") or None,
+            token=dg.EnvVar("HF_TOKEN"),
+        )
+    return LocalDirectoryPublisher(root=os.environ.get("AREACAL_RELEASE_DIR") or None)
 
 
 def build_resources() -> dict:
@@ -29,6 +45,7 @@ def build_resources() -> dict:
         "store": ArtifactStore(root=default_home()),
         "raw_inputs": provider,
         "settings": BuildSettings(),
+        "publisher": build_publisher(),
     }
 
 
@@ -41,5 +58,6 @@ defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
     jobs=ALL_JOBS,
+    sensors=ALL_SENSORS,
     resources=build_resources(),
 )

@@ -1,0 +1,217 @@
+"""Sensors with dg.build_sensor_context: raw-input changes -> build_all, the release gate ->
+stage_release, failed runs -> a failure report; and the gate -> stage -> promote path end to end
+on a fixture store (stub upstream assets with a blocking check)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from assets.release import published_release, staged_release
+from calibration_core import release as rel
+from calibration_core.raw_inputs import load_manifest, manifest_fingerprint
+from jobs import ALL_AREAS_TAGS, promote, stage_release
+from resources.publisher import LocalDirectoryPublisher
+from resources.raw_inputs import DirectoryProvider
+from resources.settings import BuildSettings
+from resources.store import ArtifactStore
+from sensors import (
+    ALL_SENSORS,
+    directory_manifest,
+    failure_report,
+    raw_inputs_changed,
+    release_gate_sensor,
+)
+from tests.release_fixtures import write_fixture_store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+# --------------------------------------------------------------------------------------------
+# raw_inputs_changed
+
+
+def _raw_tick(instance, raw_dir: Path, store_root: Path, cursor: str | None):
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor,
+        resources={"raw_inputs": DirectoryProvider(path=str(raw_dir)),
+                   "store": ArtifactStore(root=str(store_root))})
+    return raw_inputs_changed.evaluate_tick(context)
+
+
+def test_raw_input_change_requests_build_all(instance, tmp_path):
+    raw = tmp_path / "raw_in"
+    raw.mkdir()
+    (raw / "agi_state.csv").write_text("STATE,AGI_STUB,N1\nAL,1,10\n")
+    (raw / "22incd.csv").write_text("STATE,CONG_DISTRICT\nAL,1\n")
+    (raw / "notes.txt").write_text("not a raw input")
+    store = tmp_path / "store"
+
+    first = _raw_tick(instance, raw, store, None)
+    assert len(first.run_requests) == 1
+    request = first.run_requests[0]
+    assert {k: request.tags[k] for k in ALL_AREAS_TAGS} == ALL_AREAS_TAGS
+    assert sorted(ALL_AREAS_TAGS.values()) == ["city-NYC", "state-AL"]
+    fingerprint = first.cursor
+    assert fingerprint == manifest_fingerprint(directory_manifest(raw))
+
+    assert _raw_tick(instance, raw, store, fingerprint).run_requests == []
+    (raw / "notes.txt").write_text("still not a raw input")
+    assert _raw_tick(instance, raw, store, fingerprint).run_requests == []
+
+    (raw / "agi_state.csv").write_text("STATE,AGI_STUB,N1\nAL,1,11\n")
+    changed = _raw_tick(instance, raw, store, fingerprint)
+    assert len(changed.run_requests) == 1 and changed.cursor != fingerprint
+    assert changed.run_requests[0].run_key != request.run_key
+
+    # no cursor yet, but the store was built from exactly these files: nothing to do
+    (store / "raw").mkdir(parents=True)
+    (store / "raw" / "manifest.json").write_text(json.dumps(directory_manifest(raw)))
+    fresh = _raw_tick(instance, raw, store, None)
+    assert fresh.run_requests == [] and fresh.cursor == changed.cursor
+
+
+def test_directory_fingerprint_matches_a_built_raw_manifest(real_raw_dir):
+    """The sensor's cheap hash of a folder equals the fingerprint raw_public_inputs records."""
+    built = manifest_fingerprint(load_manifest(real_raw_dir))
+    assert manifest_fingerprint(directory_manifest(real_raw_dir)) == built
+
+
+# --------------------------------------------------------------------------------------------
+# release gate, staging, promotion, failure reports
+
+
+def _defs(store_root: Path, check: dict) -> dg.Definitions:
+    @dg.asset(name="area_datasets", group_name="areas")
+    def area_datasets():
+        return dg.MaterializeResult(metadata={"files": 488})
+
+    @dg.asset(name="national_dataset", group_name="areas")
+    def national_dataset():
+        return dg.MaterializeResult()
+
+    @dg.asset(name="validation_report", group_name="areas", deps=[area_datasets])
+    def validation_report():
+        return dg.MaterializeResult()
+
+    @dg.asset_check(asset=validation_report, blocking=True)
+    def errors_within_tolerance():
+        return dg.AssetCheckResult(passed=check["pass"], description=check.get("why"))
+
+    @dg.asset_check(asset=area_datasets, blocking=False)
+    def informational():
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN)
+
+    build = dg.define_asset_job("build", selection=dg.AssetSelection.groups("areas"))
+    return dg.Definitions(
+        assets=[area_datasets, national_dataset, validation_report, staged_release,
+                published_release],
+        asset_checks=[errors_within_tolerance, informational],
+        jobs=[build, stage_release, promote],
+        sensors=ALL_SENSORS,
+        resources={"store": ArtifactStore(root=str(store_root)),
+                   "publisher": LocalDirectoryPublisher(),
+                   "settings": BuildSettings(preset="tiny"),
+                   "raw_inputs": DirectoryProvider(path=str(store_root))},
+    )
+
+
+def _gate_tick(instance, defs, cursor):
+    return release_gate_sensor.evaluate_tick(
+        dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
+
+
+def _report_failure(instance, defs, run_id, store_root):
+    run = instance.get_run_by_id(run_id)
+    event = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records[0].event_log_entry.dagster_event
+    context = dg.build_run_status_sensor_context(
+        sensor_name="failure_report", dagster_event=event, dagster_instance=instance,
+        dagster_run=run, resources={"store": ArtifactStore(root=str(store_root))},
+    ).for_run_failure()
+    failure_report(context)
+    return json.loads((store_root / "reports" / f"failure_{run_id}.json").read_text())
+
+
+def test_gate_stages_only_green_builds_then_promote_publishes(instance, tmp_path):
+    store = write_fixture_store(tmp_path / "store")
+    check = {"pass": False, "why": "hold-out error 31% > 25%"}
+    defs = _defs(store, check)
+
+    skip = _gate_tick(instance, defs, None)
+    assert skip.run_requests == [] and "no new build" in skip.skip_message
+
+    # a red build: the gate stays shut, and the failed run gets a report
+    red = defs.resolve_job_def("build").execute_in_process(instance=instance,
+                                                           raise_on_error=False)
+    assert not red.success
+    tick = _gate_tick(instance, defs, None)
+    assert tick.run_requests == []
+    assert "validation_report:errors_within_tolerance failed: hold-out error 31%" in tick.skip_message
+    assert "informational" not in tick.skip_message  # non-blocking checks do not gate
+    assert _gate_tick(instance, defs, tick.cursor).run_requests == []
+    report = _report_failure(instance, defs, red.run_id, store)
+    assert report["job"] == "build" and report["run_id"] == red.run_id
+    assert [s["step"] for s in report["failed_steps"]] == [
+        "validation_report_errors_within_tolerance"]
+    assert {"check": "validation_report:errors_within_tolerance", "severity": "ERROR",
+            "description": "hold-out error 31% > 25%"} in report["failed_checks"]
+
+    # staging by hand while the latest build is red fails, and stages nothing
+    refused = defs.resolve_job_def("stage_release").execute_in_process(instance=instance,
+                                                                       raise_on_error=False)
+    assert not refused.success
+    assert not (store / "release" / "versions").exists() or \
+        not list((store / "release" / "versions").iterdir())
+
+    # a green build opens the gate: one stage_release request, once
+    check["pass"] = True
+    green = defs.resolve_job_def("build").execute_in_process(instance=instance)
+    assert green.success
+    tick2 = _gate_tick(instance, defs, tick.cursor)
+    assert [r.job_name for r in tick2.run_requests] in (["stage_release"], [None])
+    assert tick2.run_requests[0].tags["areacal/build_run_id"] == green.run_id
+    assert _gate_tick(instance, defs, tick2.cursor).run_requests == []
+
+    staged = defs.resolve_job_def("stage_release").execute_in_process(instance=instance)
+    assert staged.success
+    meta = staged.asset_materializations_for_node("staged_release")[0].metadata
+    run_id = meta["run_id"].value
+    assert rel.RUN_ID_RE.fullmatch(run_id)
+    assert meta["file_count"].value == 491 and meta["blocking_checks_passed"].value == 1
+    assert rel.staged_pointer(store / "release")["run_id"] == run_id
+    assert rel.published_run_id(store / "release") is None  # staging never publishes
+
+    promoted = defs.resolve_job_def("promote").execute_in_process(instance=instance)
+    assert promoted.success
+    assert rel.published_run_id(store / "release") == run_id
+    manifest = rel.read_manifest(store / "release" / "published")
+    assert manifest["config"]["name"] == "tiny" and manifest["complete"]
+    proc = subprocess.run([sys.executable, "-m", "calibration_core.release", "verify",
+                           str(store / "release" / "published")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_release_assets_do_nothing_outside_their_jobs(instance, tmp_path):
+    """A '*' materialization (e.g. a plain build) neither stages nor publishes anything."""
+    store = write_fixture_store(tmp_path / "store")
+    defs = _defs(store, {"pass": True})
+    result = dg.materialize(
+        [*defs.assets], selection=["staged_release", "published_release"],
+        instance=instance, resources=defs.resources)
+    assert result.success
+    assert result.asset_materializations_for_node("staged_release") == []
+    assert result.asset_materializations_for_node("published_release") == []
+    assert not (store / "release" / "versions").exists()
+    assert rel.published_run_id(store / "release") is None
