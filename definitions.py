@@ -10,6 +10,7 @@ import os
 import dagster as dg
 
 import assets.raw_inputs
+import assets.microdata
 import assets.release
 from jobs import ALL_JOBS
 from resources.publisher import HuggingFacePublisher, LocalDirectoryPublisher
@@ -18,7 +19,7 @@ from resources.settings import BuildSettings
 from resources.store import ArtifactStore, default_home
 from sensors import ALL_SENSORS
 
-ASSET_MODULES = [assets.raw_inputs, assets.release]
+ASSET_MODULES = [assets.raw_inputs, assets.microdata, assets.release]
 
 
 def build_publisher():

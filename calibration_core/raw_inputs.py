@@ -123,7 +123,7 @@ OPTIONAL_FILE_PATTERNS: tuple[str, ...] = (
     # Census ASEC public-use CSVs, IRS PUF, ACS PUMS / SIPP / SCF donor files.
     "hhpub*.csv", "ffpub*.csv", "pppub*.csv",
     "puf_*.csv", "demographics_*.csv",
-    "psam_p*.csv", "pu20*.csv", "scfp20*.csv", "rscfp20*.csv",
+    "psam_p*.csv", "psam_h*.csv", "pu20*.csv", "scfp20*.csv", "rscfp20*.csv",
 )
 
 
