@@ -12,6 +12,7 @@ import dagster as dg
 import assets.raw_inputs
 import assets.microdata
 import assets.release
+import assets.targets_db
 from jobs import ALL_JOBS
 from resources.publisher import HuggingFacePublisher, LocalDirectoryPublisher
 from resources.raw_inputs import DirectoryProvider, PyPICacheProvider
@@ -19,7 +20,7 @@ from resources.settings import BuildSettings
 from resources.store import ArtifactStore, default_home
 from sensors import ALL_SENSORS
 
-ASSET_MODULES = [assets.raw_inputs, assets.microdata, assets.release]
+ASSET_MODULES = [assets.raw_inputs, assets.targets_db, assets.microdata, assets.release]
 
 
 def build_publisher():

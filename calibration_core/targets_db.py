@@ -286,6 +286,11 @@ def _sources_frame(sources: list[etl.SourceInfo], raw_dir: Path) -> pd.DataFrame
     return pd.DataFrame(sorted(rows.values(), key=lambda r: (r["source"], r["file"])))
 
 
+def _rows(frame: pd.DataFrame) -> list[tuple]:
+    """Rows as tuples of plain Python scalars (column-wise conversion, no per-cell pandas)."""
+    return list(zip(*(frame[c].tolist() for c in frame.columns)))
+
+
 def _write(path: Path, strata: pd.DataFrame, constraints: pd.DataFrame, targets: pd.DataFrame,
            sources: pd.DataFrame, growth: pd.DataFrame, year: int) -> None:
     con = sqlite3.connect(path)
@@ -296,8 +301,8 @@ def _write(path: Path, strata: pd.DataFrame, constraints: pd.DataFrame, targets:
             con.executemany("INSERT INTO build_info VALUES (?, ?)", [
                 ("calibration_year", str(year)), ("schema_version", SCHEMA_VERSION)])
             con.executemany("INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            sources[["source", "file", "agency", "vintage", "description",
-                                     "url", "sha256"]].itertuples(index=False, name=None))
+                            _rows(sources[["source", "file", "agency", "vintage", "description",
+                                           "url", "sha256"]]))
             con.executemany(
                 "INSERT INTO strata VALUES (?, ?, ?, ?, ?, ?, ?)",
                 zip(strata["stratum_id"].astype(int).tolist(), strata["definition_hash"],
@@ -305,18 +310,16 @@ def _write(path: Path, strata: pd.DataFrame, constraints: pd.DataFrame, targets:
                      for p in strata["parent"]],
                     strata["kind"], strata["geo_level"], strata["geo_id"], strata["notes"]))
             con.executemany("INSERT INTO stratum_constraints VALUES (?, ?, ?, ?)",
-                            constraints.astype({"stratum_id": int}).itertuples(index=False,
-                                                                              name=None))
+                            _rows(constraints.astype({"stratum_id": int})))
             cols = ["target_id", "stratum_id", "variable", "period", "reform_id", "value",
                     "unit", "source", "source_file", "active", "modelled", "uprating_basis",
                     "uprating_factor", "uprated_value", "notes"]
             rows = targets[cols].astype({"target_id": int, "stratum_id": int, "period": int,
                                          "reform_id": int, "active": int, "modelled": int})
             con.executemany(f"INSERT INTO targets VALUES ({', '.join('?' * len(cols))})",
-                            rows.itertuples(index=False, name=None))
+                            _rows(rows))
             con.executemany("INSERT INTO growth_index VALUES (?, ?, ?)",
-                            growth[["year", "basis", "index"]].astype({"year": int})
-                            .itertuples(index=False, name=None))
+                            _rows(growth[["year", "basis", "index"]].astype({"year": int})))
         con.execute("VACUUM")
     finally:
         con.close()
