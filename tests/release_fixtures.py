@@ -53,3 +53,50 @@ def write_fixture_store(root: Path, areas: bool = True, skip: int = 0) -> Path:
          "holdout": {"state": {"mean_rel_abs_error": 0.05}}}))
     (validation / "validation.csv").write_text("area,target,rel_error\nstate-CA,x,0.01\n")
     return root
+
+
+def release_test_defs(store_root: Path, check: dict, publisher=None) -> dg.Definitions:
+    """Stub area assets (a blocking check whose result ``check["pass"]`` sets) plus the real
+    release assets, jobs and sensors, on a store at ``store_root``."""
+    import dagster as dg
+
+    from assets.release import published_release, staged_release
+    from jobs import promote, stage_release
+    from resources.publisher import LocalDirectoryPublisher
+    from resources.raw_inputs import DirectoryProvider
+    from resources.settings import BuildSettings
+    from resources.store import ArtifactStore
+    from sensors import ALL_SENSORS
+
+    @dg.asset(name="area_datasets", group_name="areas")
+    def area_datasets():
+        return dg.MaterializeResult(metadata={"files": 488})
+
+    @dg.asset(name="national_dataset", group_name="areas")
+    def national_dataset():
+        return dg.MaterializeResult()
+
+    @dg.asset(name="validation_report", group_name="areas", deps=[area_datasets])
+    def validation_report():
+        return dg.MaterializeResult()
+
+    @dg.asset_check(asset=validation_report, blocking=True)
+    def errors_within_tolerance():
+        return dg.AssetCheckResult(passed=check["pass"], description=check.get("why"))
+
+    @dg.asset_check(asset=area_datasets, blocking=False)
+    def informational():
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN)
+
+    build = dg.define_asset_job("build", selection=dg.AssetSelection.groups("areas"))
+    return dg.Definitions(
+        assets=[area_datasets, national_dataset, validation_report, staged_release,
+                published_release],
+        asset_checks=[errors_within_tolerance, informational],
+        jobs=[build, stage_release, promote],
+        sensors=ALL_SENSORS,
+        resources={"store": ArtifactStore(root=str(store_root)),
+                   "publisher": publisher or LocalDirectoryPublisher(),
+                   "settings": BuildSettings(preset="tiny"),
+                   "raw_inputs": DirectoryProvider(path=str(store_root))},
+    )

@@ -4,6 +4,7 @@ one commit of copies plus the manifest, the token travels only in the Authorizat
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import secrets
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from calibration_core import release as rel
 from resources.publisher import HuggingFacePublisher, LocalDirectoryPublisher
 from tests.hub_server import FakeHub
-from tests.release_fixtures import write_fixture_store
+from tests.release_fixtures import release_test_defs, write_fixture_store
 
 REPO = "policyengine-test/areacal"
 
@@ -158,3 +159,29 @@ def test_local_publisher_can_mirror_to_another_folder(staged, tmp_path):
     publisher.promote(first, first.name, store / "release")
     assert rel.published_run_id(tmp_path / "share") == first.name
     assert rel.published_run_id(store / "release") is None  # the store's own link untouched
+
+
+def test_release_jobs_publish_to_the_hub_without_leaking_the_token(token, tmp_path):
+    """stage_release and promote with the Hub publisher configured as in definitions.py
+    (token=dg.EnvVar): two commits, and the token appears in no event, log or run config."""
+    from dagster._serdes import serialize_value
+
+    store = write_fixture_store(tmp_path / "store")
+    with FakeHub(REPO, token) as hub, dg.instance_for_test() as instance:
+        publisher = HuggingFacePublisher(repo_id=REPO, endpoint=hub.url,
+                                         token=dg.EnvVar("AREACAL_TEST_HF_TOKEN"))
+        defs = release_test_defs(store, {"pass": True}, publisher=publisher)
+        assert defs.resolve_job_def("build").execute_in_process(instance=instance).success
+        runs = [defs.resolve_job_def(name).execute_in_process(instance=instance)
+                for name in ("stage_release", "promote")]
+        assert all(r.success for r in runs)
+        run_id = runs[0].asset_materializations_for_node("staged_release")[0].metadata[
+            "run_id"].value
+        assert [c["summary"] for c in hub.commits] == [f"Stage release {run_id}",
+                                                       f"Release {run_id}"]
+        assert _production(hub)["manifest.json"] == (
+            store / "release" / "versions" / run_id / "manifest.json").read_bytes()
+        for run in instance.get_runs():
+            assert token not in json.dumps(run.run_config, default=str)
+            for entry in instance.all_logs(run.run_id):
+                assert token not in serialize_value(entry)

@@ -11,22 +11,18 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets.release import published_release, staged_release
 from calibration_core import release as rel
 from calibration_core.raw_inputs import load_manifest, manifest_fingerprint
-from jobs import ALL_AREAS_TAGS, promote, stage_release
-from resources.publisher import LocalDirectoryPublisher
+from jobs import ALL_AREAS_TAGS
 from resources.raw_inputs import DirectoryProvider
-from resources.settings import BuildSettings
 from resources.store import ArtifactStore
 from sensors import (
-    ALL_SENSORS,
     directory_manifest,
     failure_report,
     raw_inputs_changed,
     release_gate_sensor,
 )
-from tests.release_fixtures import write_fixture_store
+from tests.release_fixtures import release_test_defs, write_fixture_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,41 +87,6 @@ def test_directory_fingerprint_matches_a_built_raw_manifest(real_raw_dir):
 # release gate, staging, promotion, failure reports
 
 
-def _defs(store_root: Path, check: dict) -> dg.Definitions:
-    @dg.asset(name="area_datasets", group_name="areas")
-    def area_datasets():
-        return dg.MaterializeResult(metadata={"files": 488})
-
-    @dg.asset(name="national_dataset", group_name="areas")
-    def national_dataset():
-        return dg.MaterializeResult()
-
-    @dg.asset(name="validation_report", group_name="areas", deps=[area_datasets])
-    def validation_report():
-        return dg.MaterializeResult()
-
-    @dg.asset_check(asset=validation_report, blocking=True)
-    def errors_within_tolerance():
-        return dg.AssetCheckResult(passed=check["pass"], description=check.get("why"))
-
-    @dg.asset_check(asset=area_datasets, blocking=False)
-    def informational():
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN)
-
-    build = dg.define_asset_job("build", selection=dg.AssetSelection.groups("areas"))
-    return dg.Definitions(
-        assets=[area_datasets, national_dataset, validation_report, staged_release,
-                published_release],
-        asset_checks=[errors_within_tolerance, informational],
-        jobs=[build, stage_release, promote],
-        sensors=ALL_SENSORS,
-        resources={"store": ArtifactStore(root=str(store_root)),
-                   "publisher": LocalDirectoryPublisher(),
-                   "settings": BuildSettings(preset="tiny"),
-                   "raw_inputs": DirectoryProvider(path=str(store_root))},
-    )
-
-
 def _gate_tick(instance, defs, cursor):
     return release_gate_sensor.evaluate_tick(
         dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
@@ -146,7 +107,7 @@ def _report_failure(instance, defs, run_id, store_root):
 def test_gate_stages_only_green_builds_then_promote_publishes(instance, tmp_path):
     store = write_fixture_store(tmp_path / "store")
     check = {"pass": False, "why": "hold-out error 31% > 25%"}
-    defs = _defs(store, check)
+    defs = release_test_defs(store, check)
 
     skip = _gate_tick(instance, defs, None)
     assert skip.run_requests == [] and "no new build" in skip.skip_message
@@ -206,7 +167,7 @@ def test_gate_stages_only_green_builds_then_promote_publishes(instance, tmp_path
 def test_release_assets_do_nothing_outside_their_jobs(instance, tmp_path):
     """A '*' materialization (e.g. a plain build) neither stages nor publishes anything."""
     store = write_fixture_store(tmp_path / "store")
-    defs = _defs(store, {"pass": True})
+    defs = release_test_defs(store, {"pass": True})
     result = dg.materialize(
         [*defs.assets], selection=["staged_release", "published_release"],
         instance=instance, resources=defs.resources)
