@@ -124,13 +124,14 @@ def read_taxcalc_cps(cps_path: str | os.PathLike, weights_path: str | os.PathLik
     a column is missing or non-numeric, a weight is negative, or the two files differ in length.
     """
     cps_path, weights_path = Path(cps_path), Path(weights_path)
-    raw = pd.read_csv(cps_path)
+    raw = pd.read_csv(cps_path, keep_default_na=False, na_values=[""])
     missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
     if missing:
         raise CpsInputError(f"{cps_path}: missing column(s) {missing}")
     records = _numeric(raw, REQUIRED_COLUMNS, cps_path)
     wcol = f"WT{year}"
-    wraw = pd.read_csv(weights_path, usecols=lambda c: c == wcol)
+    wraw = pd.read_csv(weights_path, usecols=lambda c: c == wcol, keep_default_na=False,
+                       na_values=[""])
     if wcol not in wraw.columns:
         raise CpsInputError(f"{weights_path}: missing column {wcol!r} (weights for {year})")
     weight = _numeric(wraw, [wcol], weights_path)[wcol].to_numpy(dtype=float)
