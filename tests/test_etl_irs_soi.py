@@ -110,3 +110,25 @@ def test_eitc_bad_rows(raw):
     write_eitc(raw, frame.drop(columns=["Amount"]))
     with pytest.raises(TargetsInputError, match=r"eitc_state.csv: missing column.*Amount"):
         irs_eitc.extract(raw)
+
+
+def test_old_congress_district_file_is_remapped_and_flagged_modelled(raw):
+    from tests.targets_fixtures import DISTRICTS
+
+    f = incd_frame()
+    extra = f[(f.STATEFIPS == 6) & (f.CONG_DISTRICT == 52)].assign(CONG_DISTRICT=53)
+    pd.concat([f, extra]).to_csv(raw / "22incd.csv", index=False)  # CA with 53 old districts
+    code = [f"5001800US{g:04d}" for g in DISTRICTS]
+    xw = pd.DataFrame({"code_old": code + ["5001800US0653", "5001800US0653"],
+                       "code_new": code + ["5001800US0652", "5001800US0651"],
+                       "proportion": [1.0] * len(code) + [0.25, 0.75]})
+    xw.to_csv(raw / "district_mapping.csv", index=False)
+    d = irs_soi.extract(raw).targets.query("geo_level == 'district'")
+    assert len(d) == 436 * 9 * 2 and d["modelled"].all()
+    n = d[d.variable == "tax_unit_count"]
+    stub2 = n[n["domain"] == (("adjusted_gross_income", "<", "10000"),
+                              ("adjusted_gross_income", ">=", "1"))].set_index("geo_id")["value"]
+    assert stub2[652] == pytest.approx((200 + 52) * 1.25)
+    assert stub2[651] == pytest.approx(200 + 51 + 0.75 * (200 + 52))
+    # the population-share crosswalk keeps the national total of the old districts
+    assert stub2.sum() == pytest.approx(sum(200 + g % 100 for g in DISTRICTS) + 200 + 52)
