@@ -176,3 +176,18 @@ def test_release_assets_do_nothing_outside_their_jobs(instance, tmp_path):
     assert result.asset_materializations_for_node("published_release") == []
     assert not (store / "release" / "versions").exists()
     assert rel.published_run_id(store / "release") is None
+
+
+def test_gate_stays_shut_when_a_blocking_check_did_not_run_on_the_latest_build(instance, tmp_path):
+    store = write_fixture_store(tmp_path / "store")
+    defs = release_test_defs(store, {"pass": True})
+    assert defs.resolve_job_def("build").execute_in_process(instance=instance).success
+    green = _gate_tick(instance, defs, None)
+    assert len(green.run_requests) == 1
+    # validation_report rebuilt without its check: the earlier pass says nothing about it
+    rebuilt = dg.materialize([*defs.assets], instance=instance, resources=defs.resources,
+                             selection=dg.AssetSelection.assets("validation_report").without_checks())
+    assert rebuilt.success
+    tick = _gate_tick(instance, defs, green.cursor)
+    assert tick.run_requests == []
+    assert "errors_within_tolerance passed on an older materialization" in tick.skip_message
