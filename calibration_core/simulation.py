@@ -1,0 +1,662 @@
+"""The value of every target and constraint variable for every base household in every state.
+
+The calibration matrix needs, for each clone-household, the values its household would have in
+the state its clone was placed in. Instead of the reference pipeline's loop of 51 full
+simulations (one per state, every variable recomputed in each), :func:`simulate_states`
+
+1. runs one traced *base* simulation of the households where they live, computing only the
+   variables the targets need (:func:`needed_variables`);
+2. decides from the policyengine-us dependency graph recorded by that trace which of those
+   variables cannot depend on the state (:func:`classify_state_dependence`): a variable is
+   state-invariant when nothing it is computed from reads the household's geography
+   (``state_fips``, ``county_fips`` and what derives from them); those are taken from the base
+   simulation once;
+3. simulates only the state-dependent variables in *stacked* simulations: the households
+   replicated once per state (ids offset per copy, ``state_fips`` and a county of that state set
+   per copy), several states per simulation, in chunks that bound memory
+   (``max_households_per_chunk``) and run in parallel worker processes.
+
+Take-up (spec §4.7): for the variables a take-up input gates (``snap``, ``medicaid_enrolled``,
+``aca_ptc``, ``tanf``, ``ssi`` ...) the simulations compute the *eligible* value (take-up forced
+to True); the package builder applies per-clone take-up decisions with :func:`takeup_decisions`,
+whose draws are ``keyed_uniform("takeup.<input>", household_id, clone, entity_rank)`` - the area
+builder calls the same function to write matching take-up inputs.
+
+policyengine-us is imported only inside the functions that simulate (~45 s per process).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .areas import STATE_ABBR, STATE_FIPS, STATES
+from .io_utils import atomic_path, keyed_uniform
+
+YEAR = 2024
+ENTITIES = ("person", "household", "tax_unit", "spm_unit", "family", "marital_unit")
+COUNT_VARIABLES = {"person_count": "person", "household_count": "household",
+                   "tax_unit_count": "tax_unit", "spm_unit_count": "spm_unit",
+                   "family_count": "family", "marital_unit_count": "marital_unit"}
+GEO_CONSTRAINT_VARIABLES = frozenset({"state_fips", "congressional_district_geoid", "ucgid_str",
+                                      "county_fips", "county"})
+# inputs whose change moves a household; everything computed from them depends on the state
+GEO_ROOTS = frozenset({"state_fips", "county_fips", "county", "state_code", "state_code_str",
+                       "state_name", "zip_code", "in_nyc", "county_str", "state_group",
+                       "congressional_district_geoid"})
+ALL_STATES = "*"
+STATE_ORDER: tuple[int, ...] = tuple(sorted(fips for _, fips, _, _ in STATES))
+
+
+class SimulationError(ValueError):
+    """Inputs to the state simulations are missing or inconsistent."""
+
+
+# --------------------------------------------------------------------------------------------
+# take-up (rates: policyengine-us-data 1.115.4, policyengine_us_data/parameters/take_up/*.yaml)
+
+_MEDICAID_RATES = {
+    "AK": 0.88, "AL": 0.92, "AR": 0.79, "AZ": 0.95, "CA": 0.78, "CO": 0.99, "CT": 0.89,
+    "DC": 0.99, "DE": 0.86, "FL": 0.98, "GA": 0.73, "HI": 0.88, "IA": 0.84, "ID": 0.78,
+    "IL": 0.85, "IN": 0.99, "KS": 0.92, "KY": 0.87, "LA": 0.79, "MA": 0.94, "MD": 0.95,
+    "ME": 0.92, "MI": 0.91, "MN": 0.89, "MO": 0.89, "MS": 0.75, "MT": 0.83, "NC": 0.94,
+    "ND": 0.91, "NE": 0.79, "NH": 0.84, "NJ": 0.74, "NM": 0.84, "NV": 0.93, "NY": 0.86,
+    "OH": 0.82, "OK": 0.77, "OR": 0.92, "PA": 0.64, "RI": 0.94, "SC": 0.93, "SD": 0.88,
+    "TN": 0.92, "TX": 0.76, "UT": 0.53, "VA": 0.82, "VT": 0.93, "WA": 0.98, "WI": 0.91,
+    "WV": 0.83, "WY": 0.70,
+}
+
+
+@dataclass(frozen=True)
+class TakeUp:
+    """A take-up input (bool, at ``entity``) gating ``variables`` (at the same entity)."""
+
+    input: str
+    entity: str
+    variables: tuple[str, ...]
+    rate: float | None = None  # national rate
+    state_rates: dict | None = None  # state abbr -> rate
+
+    def rates(self, state_fips: np.ndarray) -> np.ndarray:
+        """Take-up rate for each element of ``state_fips`` (any shape)."""
+        state_fips = np.asarray(state_fips, dtype=np.int64)
+        if self.state_rates is None:
+            return np.full(state_fips.shape, float(self.rate))
+        table = np.zeros(max(STATE_ABBR) + 1)
+        for fips, abbr in STATE_ABBR.items():
+            table[fips] = self.state_rates[abbr]
+        return table[state_fips]
+
+
+TAKEUP: tuple[TakeUp, ...] = (
+    TakeUp("takes_up_snap_if_eligible", "spm_unit", ("snap",), rate=0.82),
+    TakeUp("takes_up_medicaid_if_eligible", "person", ("medicaid_enrolled", "medicaid"),
+           state_rates=_MEDICAID_RATES),
+    TakeUp("takes_up_aca_if_eligible", "tax_unit", ("aca_ptc",), rate=0.672),
+    TakeUp("takes_up_tanf_if_eligible", "spm_unit", ("tanf",), rate=0.22),
+    TakeUp("takes_up_ssi_if_eligible", "person", ("ssi",), rate=0.50),
+    TakeUp("takes_up_head_start_if_eligible", "person", ("head_start",), rate=0.30),
+    TakeUp("takes_up_early_head_start_if_eligible", "person", ("early_head_start",), rate=0.09),
+    TakeUp("takes_up_dc_ptc", "tax_unit", ("dc_property_tax_credit",), rate=0.32),
+)
+
+
+def takeup_specs_for(variables: Iterable[str]) -> list[TakeUp]:
+    """The take-up specs that gate any of ``variables``."""
+    wanted = set(variables)
+    return [spec for spec in TAKEUP if wanted & set(spec.variables)]
+
+
+def takeup_draws(takeup_input: str, household_id, clone_index, entity_rank) -> np.ndarray:
+    """Uniform [0, 1) draw per entity: ``keyed_uniform("takeup.<input>", household_id, clone,
+    rank of the entity within its household)``; arguments broadcast (any shapes)."""
+    return keyed_uniform(f"takeup.{takeup_input}", household_id, clone_index, entity_rank)
+
+
+def takeup_decisions(spec: TakeUp, household_id, clone_index, entity_rank,
+                     state_fips) -> np.ndarray:
+    """Bool take-up decision per entity: ``draw < rate(state)``; arguments broadcast.
+
+    The matrix builder and the area builder both call this, so an area file's take-up inputs
+    reproduce the values the matrix was built from.
+    """
+    draws = takeup_draws(spec.input, household_id, clone_index, entity_rank)
+    return draws < spec.rates(state_fips)
+
+
+# --------------------------------------------------------------------------------------------
+# which variables
+
+
+def needed_variables(targets: pd.DataFrame, constraints: pd.DataFrame) -> list[str]:
+    """Sorted policyengine-us variables the targets need: every target variable except the
+    entity counts, every non-geographic constraint variable of the targets' strata, and
+    ``adjusted_gross_income`` (geography routes the top AGI decile by it)."""
+    for col in ("variable", "stratum_id"):
+        if col not in targets.columns:
+            raise SimulationError(f"targets table lacks column {col!r}")
+    used = constraints[constraints["stratum_id"].isin(targets["stratum_id"])]
+    names = set(targets["variable"]) - set(COUNT_VARIABLES)
+    names |= set(used["constraint_variable"]) - GEO_CONSTRAINT_VARIABLES
+    names.add("adjusted_gross_income")
+    return sorted(names)
+
+
+def classify_state_dependence(
+    variables: Sequence[str],
+    edges: dict[str, Iterable[str]],
+    state_gate: dict[str, str],
+    unexplored: Iterable[str] = (),
+) -> dict[str, list[str]]:
+    """For each variable, the states in which its value may differ from elsewhere.
+
+    ``edges[v]`` lists the variables ``v`` was computed from (a traced dependency graph);
+    ``state_gate[v]`` is the state a variable is defined for only (policyengine-us
+    ``defined_for = StateCode.XX``: zero elsewhere); ``unexplored`` are variables whose formula
+    did not run in the trace (their inputs are unknown). Returns ``{v: []}`` for state-invariant
+    variables, ``{v: ["AK", ...]}`` when only those states' own rules reach ``v``, and
+    ``{v: ["*"]}`` when ``v`` reads the geography directly or through an unexplored variable.
+    A variable is state-invariant iff the result is ``[]``.
+    """
+    unexplored = set(unexplored)
+    memo: dict[str, frozenset] = {}
+    star = frozenset({ALL_STATES})
+
+    def reach(root: str) -> frozenset:
+        # iterative DFS with memo; cycles (rare) are cut conservatively
+        stack = [(root, iter(sorted(edges.get(root, ()))))]
+        acc: dict[str, set] = {root: set()}
+        on_path = {root}
+        while stack:
+            node, children = stack[-1]
+            advanced = False
+            for child in children:
+                if child in memo:
+                    acc[node] |= memo[child]
+                    continue
+                if child in GEO_ROOTS or child in unexplored:
+                    acc[node] |= star
+                    continue
+                if child in state_gate:
+                    acc[node].add(state_gate[child])
+                    continue
+                if child in on_path:
+                    continue
+                acc[child] = set()
+                on_path.add(child)
+                stack.append((child, iter(sorted(edges.get(child, ())))))
+                advanced = True
+                break
+            if not advanced:
+                stack.pop()
+                on_path.discard(node)
+                result = frozenset(star if ALL_STATES in acc[node] else acc[node])
+                memo[node] = result
+                if stack:
+                    acc[stack[-1][0]] |= result
+        return memo[root]
+
+    out = {}
+    for v in variables:
+        if v in GEO_ROOTS or v in unexplored:
+            out[v] = [ALL_STATES]
+        elif v in state_gate:
+            out[v] = [state_gate[v]]
+        else:
+            out[v] = sorted(reach(v))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# policyengine-us side
+
+
+def _trace_graph(sim) -> tuple[dict[str, set], set]:
+    """(edges, unexplored) from a FullTracer: edges[v] = names v's formula requested; a variable
+    with a formula whose only recorded request is its ``defined_for`` mask is unexplored."""
+    edges: dict[str, set] = {}
+    stack = list(sim.tracer.trees)
+    while stack:
+        node = stack.pop()
+        kids = edges.setdefault(node.name, set())
+        for child in node.children:
+            kids.add(child.name)
+            stack.append(child)
+    tbs = sim.tax_benefit_system
+    unexplored = set()
+    for name, kids in edges.items():
+        var = tbs.variables.get(name)
+        if var is None or not var.formulas or var.defined_for is None:
+            continue
+        gate = getattr(var.defined_for, "name", var.defined_for)
+        if kids <= {gate}:
+            unexplored.add(name)
+    return edges, unexplored
+
+
+def _state_gates(tbs) -> dict[str, str]:
+    """Variable -> state abbr for variables defined only for one state (directly, or through a
+    ``defined_for`` chain ending at a state indicator such as ``AK``)."""
+    abbrs = set(STATE_FIPS)
+    direct: dict[str, str] = {}
+    for name, var in tbs.variables.items():
+        d = var.defined_for
+        if d is None:
+            continue
+        d = getattr(d, "name", d)
+        direct[name] = str(d)
+    gates: dict[str, str] = {}
+    for name in direct:
+        seen, cur = set(), name
+        while cur in direct and cur not in seen:
+            seen.add(cur)
+            cur = direct[cur]
+            if cur in abbrs:
+                gates[name] = cur
+                break
+    return gates
+
+
+def variable_entities(tbs, variables: Iterable[str]) -> dict[str, str]:
+    """Variable -> entity key (person, tax_unit, ...) from a policyengine-us tax-benefit system;
+    names that are not policyengine-us variables raise :class:`SimulationError`."""
+    unknown = [v for v in variables if v not in tbs.variables]
+    if unknown:
+        raise SimulationError(f"variable(s) {unknown} are not policyengine-us variables")
+    return {v: tbs.variables[v].entity.key for v in variables}
+
+
+def _as_plain(values) -> np.ndarray:
+    """policyengine result -> plain ndarray (enums decoded to str)."""
+    if hasattr(values, "decode_to_str"):
+        return np.asarray(values.decode_to_str()).astype(str)
+    arr = np.asarray(values)
+    if arr.dtype == object:
+        arr = arr.astype(str)
+    return arr
+
+
+# --------------------------------------------------------------------------------------------
+# datasets
+
+
+@dataclass
+class Structure:
+    """Entity membership of the base households (dataset order).
+
+    ``ids[e]`` (n_e,) entity ids; ``household_index[e]`` (n_e,) row of each entity's household;
+    ``person_index[e]`` (n_person,) row of each person's entity ``e``; ``rank[e]`` (n_e,) the
+    entity's 0-based rank within its household (by dataset order).
+    """
+
+    ids: dict[str, np.ndarray]
+    household_index: dict[str, np.ndarray]
+    person_index: dict[str, np.ndarray]
+    rank: dict[str, np.ndarray]
+
+    @property
+    def n_households(self) -> int:
+        return len(self.ids["household"])
+
+    @classmethod
+    def from_tables(cls, tables: dict[str, pd.DataFrame]) -> "Structure":
+        person = tables["person"]
+        hh_ids = tables["household"]["household_id"].to_numpy()
+        hh_pos = pd.Index(hh_ids)
+        p_hh = hh_pos.get_indexer(person["person_household_id"].to_numpy())
+        if (p_hh < 0).any():
+            raise SimulationError("person_household_id refers to unknown households")
+        ids, hidx, pidx, rank = {}, {}, {}, {}
+        for e in ENTITIES:
+            e_ids = tables[e][f"{e}_id"].to_numpy()
+            ids[e] = e_ids
+            if e == "person":
+                pidx[e] = np.arange(len(person))
+                hidx[e] = p_hh
+            else:
+                p_e = pd.Index(e_ids).get_indexer(person[f"person_{e}_id"].to_numpy())
+                if (p_e < 0).any():
+                    raise SimulationError(f"person_{e}_id refers to unknown {e} ids")
+                pidx[e] = p_e
+                # household of an entity: that of its first member
+                first = np.full(len(e_ids), -1)
+                order = np.arange(len(person))[::-1]
+                first[p_e[order]] = order
+                if (first < 0).any():
+                    raise SimulationError(f"{e} without members in the person table")
+                hidx[e] = p_hh[first]
+            # rank within household by dataset order
+            h = hidx[e]
+            order = np.argsort(h, kind="stable")
+            starts = np.r_[0, np.flatnonzero(np.diff(h[order])) + 1]
+            counts = np.diff(np.r_[starts, len(h)])
+            r = np.empty(len(h), dtype=np.int64)
+            r[order] = np.arange(len(h)) - np.repeat(starts, counts)
+            rank[e] = r
+        return cls(ids, hidx, pidx, rank)
+
+
+def representative_counties(county_table: pd.DataFrame,
+                            population: pd.Series | None = None) -> dict[int, str]:
+    """State FIPS -> the county FIPS with the largest population share in the state (the county
+    a state copy of the households gets; county-dependent rules use it)."""
+    t = county_table.copy()
+    w = t["probability"]
+    if population is not None:
+        w = w * t["district_geoid"].map(population).fillna(0.0)
+    t["w"] = w
+    t["state"] = t["district_geoid"] // 100
+    by = t.groupby(["state", "county_fips"], as_index=False)["w"].sum()
+    by = by.sort_values(["state", "w", "county_fips"], ascending=[True, False, True])
+    return dict(zip(by.groupby("state").head(1)["state"].astype(int),
+                    by.groupby("state").head(1)["county_fips"]))
+
+
+def stack_tables(tables: dict[str, pd.DataFrame], states: Sequence[int | None],
+                 counties: dict[int, str] | None, forced_true: Sequence[tuple[str, str]] = (),
+                 ) -> dict[str, pd.DataFrame]:
+    """Replicate the households once per state: copy k gets ids ``id + k * offset`` (offset a
+    power of ten above every id), ``state_fips = states[k]`` and county ``counties[state]``
+    (``None`` keeps the households where they live). ``forced_true``: (entity, input) columns
+    set to True in every copy (take-up inputs)."""
+    max_id = max(int(tables[e][f"{e}_id"].max()) for e in ENTITIES if len(tables[e]))
+    offset = 10 ** len(str(max(max_id, 1)))
+    out = {}
+    for e in ENTITIES:
+        df = tables[e]
+        for ent, col in forced_true:
+            if ent == e:
+                df = df.assign(**{col: True})
+        id_cols = [c for c in df.columns if c == f"{e}_id" or (e == "person" and c.endswith("_id")
+                                                                 and c.startswith("person_"))]
+        parts = []
+        for k, state in enumerate(states):
+            part = df.copy()
+            if k:
+                for c in id_cols:
+                    part[c] = part[c].to_numpy() + k * offset
+            if e == "household" and state is not None:
+                part["state_fips"] = np.int64(state)
+                part["county_fips"] = counties[int(state)]
+            parts.append(part)
+        out[e] = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    return out
+
+
+def _microsimulation(tables: dict[str, pd.DataFrame], year: int):
+    from policyengine_us import Microsimulation
+    from policyengine_us.data.dataset_schema import USSingleYearDataset
+
+    dataset = USSingleYearDataset(**tables, time_period=year)
+    return Microsimulation(dataset=dataset, dataset_end_year=year)
+
+
+def simulate_chunk(tables: dict[str, pd.DataFrame], states: Sequence[int],
+                   variables: Sequence[str], counties: dict[int, str], year: int = YEAR,
+                   forced_true: Sequence[tuple[str, str]] = ()) -> dict[str, np.ndarray]:
+    """One stacked simulation of the households copied into each of ``states``.
+
+    Returns ``{variable: (len(states), n_entity) array}`` at each variable's own entity, rows in
+    ``states`` order, columns in dataset order.
+    """
+    stacked = stack_tables(tables, list(states), counties, forced_true)
+    sim = _microsimulation(stacked, year)
+    out = {}
+    for v in variables:
+        values = _as_plain(sim.calculate(v, year, use_weights=False))
+        out[v] = values.reshape(len(states), -1)
+    del sim
+    return out
+
+
+def _chunk_task(args):
+    path, states, variables, counties, year, forced_true = args
+    from .h5_dataset import read_dataset
+
+    tables, _ = read_dataset(path)
+    t0 = time.time()
+    values = simulate_chunk(tables, states, variables, counties, year, forced_true)
+    return list(states), values, time.time() - t0, os.getpid()
+
+
+# --------------------------------------------------------------------------------------------
+# result
+
+
+@dataclass
+class StateSimulations:
+    """Values of the needed variables for every base household in every state.
+
+    ``invariant[v]`` (n_entity,) for state-invariant variables; ``by_state[v]`` (51, n_entity) for
+    the others, rows in :data:`STATE_ORDER`; ``entity[v]`` the variable's entity;
+    ``dependence[v]`` the classification (``[]`` invariant, ``["AK", ...]``, or ``["*"]``);
+    ``takeup_eligible`` lists the variables holding eligible values (take-up forced to True).
+    """
+
+    structure: Structure
+    home_state: np.ndarray  # (n_households,) state FIPS where each household lives
+    entity: dict[str, str]
+    invariant: dict[str, np.ndarray]
+    by_state: dict[str, np.ndarray]
+    dependence: dict[str, list[str]]
+    takeup_eligible: list[str] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def variables(self) -> list[str]:
+        return sorted(set(self.invariant) | set(self.by_state))
+
+    def values(self, variable: str, state_fips: np.ndarray, entity_rows: np.ndarray | None = None
+               ) -> np.ndarray:
+        """Values of ``variable`` for entities placed in ``state_fips``.
+
+        ``state_fips`` has shape ``(..., n_entity)`` (or broadcasts to it); returns that shape.
+        """
+        if variable in self.invariant:
+            base = self.invariant[variable]
+            return np.broadcast_to(base, np.broadcast_shapes(np.shape(state_fips), base.shape))
+        if variable not in self.by_state:
+            raise SimulationError(f"variable {variable!r} was not simulated")
+        table = self.by_state[variable]
+        pos = np.full(max(STATE_ORDER) + 1, -1)
+        pos[list(STATE_ORDER)] = np.arange(len(STATE_ORDER))
+        rows = pos[np.asarray(state_fips)]
+        if (rows < 0).any():
+            raise SimulationError("state FIPS outside the 51 states")
+        cols = np.arange(table.shape[1])
+        return table[rows, np.broadcast_to(cols, rows.shape)]
+
+    def household_total(self, variable: str) -> np.ndarray:
+        """(n_households,) float: ``variable`` summed over each household's entities, every
+        household in its own state (e.g. household AGI for the geography's AGI routing)."""
+        s = self.structure
+        entity = self.entity[variable]
+        hidx = s.household_index[entity]
+        values = self.values(variable, self.home_state[hidx]).astype(float)
+        return np.bincount(hidx, weights=values, minlength=s.n_households)
+
+
+def save_state_simulations(result: StateSimulations, path: str | os.PathLike) -> Path:
+    """npz (no pickle): ``inv__<v>``, ``st__<v>``, ``ids__<e>``, ``hidx__<e>``, ``pidx__<e>``,
+    ``rank__<e>`` arrays plus ``meta_json`` (entities, dependence, take-up, metadata)."""
+    arrays = {}
+    for v, a in result.invariant.items():
+        arrays[f"inv__{v}"] = a
+    for v, a in result.by_state.items():
+        arrays[f"st__{v}"] = a
+    s = result.structure
+    for e in ENTITIES:
+        arrays[f"ids__{e}"] = s.ids[e]
+        arrays[f"hidx__{e}"] = s.household_index[e]
+        arrays[f"pidx__{e}"] = s.person_index[e]
+        arrays[f"rank__{e}"] = s.rank[e]
+    arrays["home_state"] = np.asarray(result.home_state, dtype=np.int64)
+    meta = {"entity": result.entity, "dependence": result.dependence,
+            "takeup_eligible": result.takeup_eligible, "metadata": result.metadata,
+            "state_order": list(STATE_ORDER)}
+    arrays["meta_json"] = np.frombuffer(json.dumps(meta, sort_keys=True, default=str).encode(),
+                                        dtype=np.uint8)
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **{k: arrays[k] for k in sorted(arrays)})
+    return Path(path)
+
+
+def load_state_simulations(path: str | os.PathLike) -> StateSimulations:
+    path = Path(path)
+    if not path.is_file():
+        raise SimulationError(f"state simulations file {path} does not exist")
+    with np.load(path, allow_pickle=False) as z:
+        if "meta_json" not in z.files:
+            raise SimulationError(f"{path} lacks meta_json: not a state simulations file")
+        meta = json.loads(z["meta_json"].tobytes().decode())
+        inv = {k[5:]: z[k] for k in z.files if k.startswith("inv__")}
+        st = {k[4:]: z[k] for k in z.files if k.startswith("st__")}
+        structure = Structure(
+            {e: z[f"ids__{e}"] for e in ENTITIES}, {e: z[f"hidx__{e}"] for e in ENTITIES},
+            {e: z[f"pidx__{e}"] for e in ENTITIES}, {e: z[f"rank__{e}"] for e in ENTITIES})
+        home_state = z["home_state"]
+    if tuple(meta.get("state_order", ())) != STATE_ORDER:
+        raise SimulationError(f"{path}: unexpected state order")
+    return StateSimulations(structure, home_state, meta["entity"], inv, st, meta["dependence"],
+                            meta.get("takeup_eligible", []), meta.get("metadata", {}))
+
+
+# --------------------------------------------------------------------------------------------
+# driver
+
+
+def plan_chunks(n_households: int, states: Sequence[int], max_households_per_chunk: int
+                ) -> list[list[int]]:
+    """Split ``states`` into consecutive groups of at most ``max_households_per_chunk //
+    n_households`` states (at least one), balanced in size."""
+    per = max(1, int(max_households_per_chunk) // max(1, n_households))
+    n_chunks = -(-len(states) // per)
+    return [list(c) for c in np.array_split(np.asarray(states), n_chunks) if len(c)]
+
+
+def simulate_states(
+    dataset_path: str | os.PathLike,
+    variables: Sequence[str],
+    county_table: pd.DataFrame,
+    population: pd.Series | None = None,
+    states: Sequence[int] = STATE_ORDER,
+    max_households_per_chunk: int = 20_000,
+    workers: int = 1,
+    year: int = YEAR,
+    log: Callable[[str], None] = lambda msg: None,
+) -> StateSimulations:
+    """Simulate ``variables`` for every household of ``dataset_path`` in every state of ``states``.
+
+    Parameters
+    ----------
+    dataset_path : time-period-arrays H5 of the base households (``stratified_microdata``).
+    variables : policyengine-us variable names (:func:`needed_variables`).
+    county_table : ``geography.load_county_table`` output; gives each state copy its most
+        populous county.
+    states : state FIPS to simulate (default all 51; the result always has 51 rows, states not
+        simulated are filled from the base simulation - only for tests).
+    max_households_per_chunk : bound on households per stacked simulation (memory: ~150 kB each).
+    workers : processes running chunks in parallel (1: in this process).
+
+    Returns :class:`StateSimulations`.
+    """
+    from .h5_dataset import read_dataset
+
+    t_start = time.time()
+    tables, file_year = read_dataset(dataset_path)
+    if file_year != year:
+        raise SimulationError(f"{dataset_path}: dataset year {file_year}, expected {year}")
+    for col in ("state_fips", "county_fips"):
+        if col not in tables["household"].columns:
+            raise SimulationError(f"{dataset_path}: household table lacks {col!r}")
+    structure = Structure.from_tables(tables)
+    variables = sorted(set(variables))
+    specs = takeup_specs_for(variables)
+    forced = [(s.entity, s.input) for s in specs]
+    counties = representative_counties(county_table, population)
+
+    # 1. traced base simulation, households where they live
+    t0 = time.time()
+    base_tables = stack_tables(tables, [None], None, forced)
+    sim = _microsimulation(base_tables, year)
+    entity = variable_entities(sim.tax_benefit_system, variables)
+    sim.trace = True
+    base_values = {v: _as_plain(sim.calculate(v, year, use_weights=False)) for v in variables}
+    edges, unexplored = _trace_graph(sim)
+    gates = _state_gates(sim.tax_benefit_system)
+    del sim
+    dependence = classify_state_dependence(variables, edges, gates, unexplored)
+    dependent = [v for v in variables if dependence[v]]
+    invariant = {v: base_values[v] for v in variables if not dependence[v]}
+    t_base = time.time() - t0
+    log(f"base simulation of {structure.n_households} households: {t_base:.1f} s; "
+        f"{len(invariant)} state-invariant, {len(dependent)} state-dependent variables")
+
+    # 2. stacked simulations of the state-dependent variables
+    chunks = plan_chunks(structure.n_households, list(states), max_households_per_chunk)
+    by_state = {v: np.empty((len(STATE_ORDER), len(base_values[v])), dtype=base_values[v].dtype
+                            if base_values[v].dtype.kind != "U" else object)
+                for v in dependent}
+    filled = np.zeros(len(STATE_ORDER), dtype=bool)
+    row_of = {s: i for i, s in enumerate(STATE_ORDER)}
+    chunk_times = []
+    t1 = time.time()
+    if dependent:
+        tasks = [(str(dataset_path), c, dependent, counties, year, forced) for c in chunks]
+        if workers <= 1 or len(chunks) == 1:
+            results = (_run_local(tables, t) for t in tasks)
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)),
+                                       mp_context=mp.get_context("spawn"))
+            results = pool.map(_chunk_task, tasks)
+        try:
+            for chunk_states, values, seconds, pid in results:
+                rows = [row_of[s] for s in chunk_states]
+                for v in dependent:
+                    by_state[v][rows] = values[v]
+                filled[rows] = True
+                chunk_times.append(round(seconds, 2))
+                log(f"chunk of {len(chunk_states)} states x {structure.n_households} households:"
+                    f" {seconds:.1f} s (pid {pid})")
+        finally:
+            if workers > 1 and len(chunks) > 1:
+                pool.shutdown()
+    for v in dependent:  # states not simulated (tests only): the base values
+        if not filled.all():
+            by_state[v][~filled] = base_values[v]
+        if by_state[v].dtype == object:
+            by_state[v] = by_state[v].astype(str)
+    t_stack = time.time() - t1
+
+    meta = {
+        "n_households": structure.n_households,
+        "n_persons": len(structure.ids["person"]),
+        "variables": variables, "state_invariant": sorted(invariant), "state_dependent": dependent,
+        "states_simulated": sorted(int(s) for s in states),
+        "chunks": [[int(s) for s in c] for c in chunks], "chunk_seconds": chunk_times,
+        "workers": int(workers), "base_seconds": round(t_base, 2),
+        "stacked_seconds": round(t_stack, 2), "total_seconds": round(time.time() - t_start, 2),
+        "representative_county": {STATE_ABBR[s]: c for s, c in sorted(counties.items())},
+        "takeup_inputs_forced_true": [s.input for s in specs],
+    }
+    eligible = sorted({v for s in specs for v in s.variables} & set(variables))
+    home = tables["household"]["state_fips"].to_numpy().astype(np.int64)
+    return StateSimulations(structure, home, entity, invariant, by_state, dependence, eligible,
+                            meta)
+
+
+def _run_local(tables, task):
+    _path, states, variables, counties, year, forced = task
+    t0 = time.time()
+    values = simulate_chunk(tables, states, variables, counties, year, forced)
+    return list(states), values, time.time() - t0, os.getpid()
