@@ -28,7 +28,9 @@ def ensure_dagster_home() -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", help="tiny | demo | full (default: $AREACAL_PRESET or demo)")
-    parser.add_argument("--select", default="*", help="Dagster asset selection (default: all)")
+    parser.add_argument("--select", default="* and not group:release",
+                        help="Dagster asset selection (default: every asset but the release, which "
+                             "its own jobs stage and promote)")
     args = parser.parse_args(argv)
     if args.preset:
         os.environ["AREACAL_PRESET"] = args.preset
