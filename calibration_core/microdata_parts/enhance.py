@@ -121,13 +121,16 @@ def _find(raw_dir: Path, pattern: str) -> list[Path]:
     return sorted(p for p in raw_dir.iterdir() if p.is_file() and rx.fullmatch(p.name))
 
 
-def _columns(df: pd.DataFrame, path: Path, required) -> pd.DataFrame:
+def _columns(df: pd.DataFrame, path: Path, required, text=("SERIALNO", "SSUID")
+             ) -> pd.DataFrame:
+    """Upper-case the column names; every ``required`` column must exist and, unless it is an
+    identifier in ``text``, be numeric. DonorInputError names the file and the column."""
     df = df.rename(columns={c: c.strip().upper() for c in df.columns})
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DonorInputError(f"{path}: missing column(s) {missing}")
     for c in required:
-        if not pd.api.types.is_numeric_dtype(df[c]):
+        if c not in text and not pd.api.types.is_numeric_dtype(df[c]):
             raise DonorInputError(f"{path}: column {c!r} must be numeric")
     return df
 
