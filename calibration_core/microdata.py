@@ -323,7 +323,6 @@ def population_by_state(tables: dict[str, pd.DataFrame], acs: pd.Series | None =
     pop = pd.Series(person_w).groupby(st).sum()
     out = pd.DataFrame({"state": [STATE_ABBR.get(int(s), str(s)) for s in sorted(STATE_ABBR)]},
                        index=pd.Index(sorted(STATE_ABBR), name="state_fips"))
-    out["households"] = pd.Series(st).groupby(st).size().reindex(out.index).fillna(0).astype(int)
     out["households"] = pd.Series(hh["state_fips"].to_numpy()).value_counts().reindex(
         out.index).fillna(0).astype(int)
     out["weighted_persons"] = pop.reindex(out.index).fillna(0.0)

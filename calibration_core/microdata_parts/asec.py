@@ -149,8 +149,8 @@ def build_tables(asec: dict[str, pd.DataFrame], factors: pd.Series | None
     })
     if "GTCO" in hh.columns:
         gtco = hh["GTCO"].to_numpy(np.int64)
-        household["_gtco_county_fips"] = np.where(
-            gtco > 0, [f"{s:02d}{c:03d}" for s, c in zip(household["state_fips"], gtco)], "")
+        code = pd.Series(household["state_fips"].to_numpy(np.int64) * 1000 + gtco)
+        household["_gtco_county_fips"] = np.where(gtco > 0, code.astype(str).str.zfill(5), "")
     return {
         "person": person,
         "household": household,
