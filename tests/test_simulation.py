@@ -1,0 +1,184 @@
+"""State simulations: dependency classification, take-up draws, entity structure (fast), and -
+marked slow - stacked multi-state simulations against separate per-state simulations."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from calibration_core import simulation as simu
+from calibration_core.h5_dataset import write_dataset
+from tests.package_fixtures import STATE_COUNTY, synthetic_tables, synthetic_targets
+
+# --------------------------------------------------------------------------------------------
+# fast
+
+
+def test_classify_state_dependence_on_a_graph():
+    edges = {
+        "agi": ["wages", "pfd"],  # pfd is Alaska-only
+        "pfd": ["AK"],
+        "wages": ["employment_income"],
+        "tax": ["agi", "state_tax"],
+        "state_tax": ["ca_tax", "state_code"],
+        "ca_tax": ["CA"],
+        "mystery": ["gated_unknown"],
+        "loop_a": ["loop_b"], "loop_b": ["loop_a", "wages"],
+    }
+    gates = {"pfd": "AK", "ca_tax": "CA"}
+    out = simu.classify_state_dependence(
+        ["agi", "wages", "tax", "mystery", "loop_a", "employment_income", "pfd"], edges, gates,
+        unexplored={"gated_unknown"})
+    assert out["wages"] == [] and out["employment_income"] == [] and out["loop_a"] == []
+    assert out["agi"] == ["AK"]
+    assert out["pfd"] == ["AK"]
+    assert out["tax"] == ["*"]  # reads state_code directly
+    assert out["mystery"] == ["*"]  # an unexplored formula is not trusted
+
+
+def test_needed_variables_from_targets():
+    targets, constraints = synthetic_targets()
+    assert simu.needed_variables(targets, constraints) == [
+        "adjusted_gross_income", "age", "eitc", "medicaid_enrolled", "snap", "tax_unit_is_filer"]
+
+
+def test_takeup_draws_are_keyed_and_match_rates():
+    spec = next(s for s in simu.TAKEUP if s.input == "takes_up_snap_if_eligible")
+    hh = np.arange(20_000)
+    a = simu.takeup_decisions(spec, hh, 3, 0, 6)
+    b = simu.takeup_decisions(spec, hh[::-1], 3, 0, 6)[::-1]  # order does not matter
+    np.testing.assert_array_equal(a, b)
+    assert abs(a.mean() - 0.82) < 0.01
+    c = simu.takeup_decisions(spec, hh, 4, 0, 6)  # another clone: other draws
+    assert (a != c).mean() > 0.2
+    med = next(s for s in simu.TAKEUP if s.input == "takes_up_medicaid_if_eligible")
+    assert med.rates(np.array([49, 36])).tolist() == [0.53, 0.86]  # UT, NY
+
+
+def test_structure_ranks_and_membership():
+    tables = synthetic_tables(30, seed=4)
+    s = simu.Structure.from_tables(tables)
+    person = tables["person"]
+    assert (s.ids["household"][s.household_index["person"]]
+            == person["person_household_id"].to_numpy()).all()
+    # marital units: rank within household counts 0, 1, ... per household
+    hh = s.household_index["marital_unit"]
+    for h in np.unique(hh)[:10]:
+        assert sorted(s.rank["marital_unit"][hh == h]) == list(range((hh == h).sum()))
+
+
+def test_plan_chunks_bounds_households():
+    chunks = simu.plan_chunks(3000, list(simu.STATE_ORDER), 20_000)
+    assert sum(len(c) for c in chunks) == 51
+    assert max(len(c) for c in chunks) * 3000 <= 20_000
+    assert simu.plan_chunks(300, list(simu.STATE_ORDER), 20_000) == [list(simu.STATE_ORDER)]
+
+
+def test_stack_tables_offsets_ids_and_moves_households():
+    tables = synthetic_tables(5, seed=1)
+    out = simu.stack_tables(tables, [2, 36], {2: "02020", 36: "36061"},
+                            [("spm_unit", "takes_up_snap_if_eligible")])
+    hh = out["household"]
+    assert len(hh) == 10 and hh["household_id"].is_unique
+    assert hh["state_fips"].tolist() == [2] * 5 + [36] * 5
+    assert set(hh["county_fips"]) == {"02020", "36061"}
+    p = out["person"]
+    assert p["person_household_id"].isin(hh["household_id"]).all()
+    assert out["spm_unit"]["takes_up_snap_if_eligible"].all()
+
+
+# --------------------------------------------------------------------------------------------
+# slow: policyengine-us
+
+STATES = (2, 36, 48)  # Alaska (permanent fund dividend), New York, Texas
+N_HOUSEHOLDS = 12
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory):
+    tables = synthetic_tables(N_HOUSEHOLDS, seed=11, states=(6, 17))
+    path = tmp_path_factory.mktemp("sim") / "small.h5"
+    write_dataset(path, tables, 2024)
+    return path, tables
+
+
+@pytest.fixture(scope="session")
+def county_table():
+    rows = [{"district_geoid": s * 100 + 1, "county_fips": c, "probability": 1.0}
+            for s, c in STATE_COUNTY.items()]
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session")
+def stacked(small_dataset, county_table):
+    path, _ = small_dataset
+    targets, constraints = synthetic_targets()
+    variables = simu.needed_variables(targets, constraints)
+    # two chunks (2 states + 1 state), in this process
+    return simu.simulate_states(path, variables, county_table, states=STATES,
+                                max_households_per_chunk=2 * N_HOUSEHOLDS, workers=1)
+
+
+@pytest.fixture(scope="session")
+def separate(small_dataset, county_table, stacked):
+    """One simulation per state, reused across states the way the reference pipeline does."""
+    from calibration_core.simulation import _as_plain, _microsimulation, stack_tables
+
+    _, tables = small_dataset
+    counties = simu.representative_counties(county_table)
+    forced = [(s.entity, s.input) for s in simu.takeup_specs_for(stacked.variables)]
+    sim = _microsimulation(stack_tables(tables, [STATES[0]], counties, forced), 2024)
+    out = {}
+    for state in STATES:
+        sim.set_input("state_fips", 2024, np.full(N_HOUSEHOLDS, state))
+        sim.set_input("county_fips", 2024, np.full(N_HOUSEHOLDS, counties[state]))
+        sim.branches.clear()
+        sim.drop_computed_arrays()
+        out[state] = {v: _as_plain(sim.calculate(v, 2024, use_weights=False))
+                      for v in stacked.variables}
+    return out
+
+
+@pytest.mark.slow
+def test_stacked_equals_separate_state_simulations(stacked, separate):
+    assert stacked.metadata["chunks"] == [[2, 36], [48]]
+    for state in STATES:
+        row = simu.STATE_ORDER.index(state)
+        for v in stacked.variables:
+            got = (stacked.invariant[v] if v in stacked.invariant else stacked.by_state[v][row])
+            want = separate[state][v]
+            if got.dtype.kind in "fi":
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3, err_msg=f"{v} {state}")
+            else:
+                np.testing.assert_array_equal(got, want, err_msg=f"{v} in {state}")
+
+
+@pytest.mark.slow
+def test_state_invariance_decision(stacked, separate):
+    dep = stacked.dependence
+    assert dep["age"] == []  # an input
+    assert set(stacked.invariant) == {v for v, d in dep.items() if not d}
+    # invariant variables are equal in very different states
+    for v in stacked.invariant:
+        np.testing.assert_array_equal(separate[2][v], separate[48][v])
+        np.testing.assert_array_equal(separate[36][v], separate[48][v])
+    # AGI is state-dependent: the trace finds Alaska's permanent fund dividend, which a
+    # comparison of two lower-48 states would miss
+    assert "adjusted_gross_income" in stacked.by_state
+    assert dep["adjusted_gross_income"] == ["*"] or "AK" in dep["adjusted_gross_income"]
+    ak, tx = (stacked.by_state["adjusted_gross_income"][simu.STATE_ORDER.index(s)]
+              for s in (2, 48))
+    assert (ak > tx).any()
+    assert dep["snap"] == ["*"] and dep["medicaid_enrolled"] == ["*"]
+
+
+@pytest.mark.slow
+def test_state_simulations_roundtrip(stacked, tmp_path):
+    simu.save_state_simulations(stacked, tmp_path / "s.npz")
+    back = simu.load_state_simulations(tmp_path / "s.npz")
+    assert back.variables == stacked.variables and back.dependence == stacked.dependence
+    for v in stacked.by_state:
+        np.testing.assert_array_equal(back.by_state[v], stacked.by_state[v])
+    np.testing.assert_array_equal(back.home_state, stacked.home_state)
+    hh_agi = back.household_total("adjusted_gross_income")
+    assert hh_agi.shape == (N_HOUSEHOLDS,) and np.isfinite(hh_agi).all()
