@@ -11,6 +11,7 @@ import dagster as dg
 
 import assets.raw_inputs
 import assets.microdata
+import assets.package
 import assets.release
 import assets.targets_db
 from jobs import ALL_JOBS
@@ -20,7 +21,8 @@ from resources.settings import BuildSettings
 from resources.store import ArtifactStore, default_home
 from sensors import ALL_SENSORS
 
-ASSET_MODULES = [assets.raw_inputs, assets.targets_db, assets.microdata, assets.release]
+ASSET_MODULES = [assets.raw_inputs, assets.targets_db, assets.microdata, assets.package,
+                 assets.release]
 
 
 def build_publisher():
