@@ -1,0 +1,425 @@
+"""Validation of area datasets against their targets and against the calibrated ``X @ w``.
+
+For every area in the report and every target of that area's geography (in-sample and
+hold-out) the report gives the target value, the total policyengine-us computes from the area
+file (``sim_value``), the total the calibration matrix gives for the area's cells
+(``xw_value``), and the errors (spec ORIGINAL_PIPELINE §6.6, without its defects, §7 items
+15-16):
+
+* ``sim_value`` is computed with the matrix builder's own value function
+  (:func:`calibration_core.package.family_values`: constraints on person-mapped values, an
+  entity qualifies when one member meets them, counts of persons / entities / households) over
+  the households of the file, weighted by the file's ``household_weight``;
+* many area files are read into ONE stacked simulation (ids offset per file, so areas stay
+  apart), computing each needed variable once for all of them (:func:`simulate_areas`);
+* blocking consistency: ``|sim_value - xw_value| <= tol * max(|xw_value|, 1)`` (tol 0.5%) for
+  every in-sample target of every area;
+* NYC is scored on its share of each district it overlaps: the file's households in that
+  district against ``X[row, NYC cells] @ w``; its target error is left out (a part of a
+  district is not comparable with the district's target);
+* sanity ceilings on ``|sim_value|`` by level (dollars, persons, households), as the reference.
+
+No Dagster here; policyengine-us is imported only inside :func:`simulate_areas`.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .areas import Area, all_areas, parse_area_key
+from .geography import GeographyAssignment
+from .h5_dataset import ENTITIES, GROUP_ENTITIES
+from .package import OPS, _format_value, parse_constraint_value
+from .simulation import COUNT_VARIABLES, StateSimulations, Structure
+
+CONSISTENCY_TOLERANCE = 0.005  # |sim - X.w| <= 0.5% of max(|X.w|, 1)
+# sanity ceilings on |sim_value| (spec §6.6): dollars, persons, households
+SANITY_CEILINGS = {
+    "national": {"dollars": 30e12, "persons": 340e6, "households": 135e6},
+    "state": {"dollars": 5e12, "persons": 40e6, "households": 15e6},
+    "city": {"dollars": 5e12, "persons": 40e6, "households": 15e6},
+    "district": {"dollars": 500e9, "persons": 1e6, "households": 400e3},
+}
+# areas validated when the preset asks for a sample: every kind, small and large, at-large, DC
+SAMPLE_AREAS = ("state-CA", "state-NY", "state-WY", "state-DC", "district-CA-12",
+                "district-NY-10", "district-TX-07", "district-WY-01", "district-DC-01",
+                "city-NYC")
+REPORT_COLUMNS = [
+    "area", "area_kind", "level", "geo_id", "target_name", "variable", "domain", "holdout",
+    "achievable", "target_value", "sim_value", "xw_value", "error", "rel_error",
+    "abs_rel_error", "xw_abs_diff", "xw_rel_diff", "consistent", "sanity_check",
+    "sanity_reason",
+]
+
+
+class ValidationError(ValueError):
+    """Inputs to validation are missing or inconsistent."""
+
+
+def areas_for_report(mode: str) -> list[Area]:
+    """``"all"``: the 488 areas; ``"sample"``: :data:`SAMPLE_AREAS` (every kind)."""
+    if mode == "all":
+        return all_areas()
+    if mode == "sample":
+        return [parse_area_key(k) for k in SAMPLE_AREAS]
+    raise ValidationError(f"validation_areas must be 'all' or 'sample', got {mode!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# constraints from the package's targets table
+
+
+_CONSTRAINT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(==|!=|>=|<=|>|<)(.*)$")
+
+
+def parse_constraints(text: str) -> tuple:
+    """Package ``constraints`` text (``"age<40,age>=35"``) -> the tuple the matrix builder used
+    (``(("age", "<", 40.0), ("age", ">=", 35.0))``); the text must round-trip exactly."""
+    text = "" if text is None else str(text)
+    if not text:
+        return ()
+    items = []
+    for part in text.split(","):
+        m = _CONSTRAINT.match(part)
+        if m is None or m.group(2) not in OPS:
+            raise ValidationError(f"cannot parse constraint {part!r} in {text!r}")
+        items.append((m.group(1), m.group(2), parse_constraint_value(m.group(3))))
+    cons = tuple(items)
+    again = ",".join(f"{v}{o}{_format_value(x)}" for v, o, x in cons)
+    if again != text:
+        raise ValidationError(f"constraint text {text!r} does not round-trip ({again!r})")
+    return cons
+
+
+# --------------------------------------------------------------------------------------------
+# stacking area files
+
+
+@dataclass
+class StackedAreas:
+    """Area tables concatenated with ids offset per area.
+
+    ``tables``: the six stacked entity tables; ``household_area`` (n_households,) index into
+    ``keys`` of each household's area; ``keys``: area keys in stacking order.
+    """
+
+    tables: dict[str, pd.DataFrame]
+    household_area: np.ndarray
+    keys: list[str]
+
+
+def stack_areas(keys: Sequence[str], tables: Sequence[dict[str, pd.DataFrame]]) -> StackedAreas:
+    """Concatenate area tables; entity ``e`` ids of area ``a`` are offset by the number of
+    ``e`` rows of the areas before it (each file's ids are ``0..n-1``, :mod:`assembly`)."""
+    if len(keys) != len(tables):
+        raise ValidationError("one table set per area key is needed")
+    out = {}
+    sizes = {e: np.array([len(t[e]) for t in tables], dtype=np.int64) for e in ENTITIES}
+    offsets = {e: np.cumsum(sizes[e]) - sizes[e] for e in ENTITIES}
+    for e in ENTITIES:
+        frames = [t[e] for t in tables]
+        cols = list(frames[0].columns)
+        for k, f in zip(keys, frames):
+            if list(f.columns) != cols:
+                raise ValidationError(f"area {k}: table {e!r} columns differ from {keys[0]}'s")
+        df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].copy()
+        shift = np.repeat(offsets[e], sizes[e])
+        df[f"{e}_id"] = df[f"{e}_id"].to_numpy() + shift
+        out[e] = df
+    p_area = np.repeat(np.arange(len(keys)), sizes["person"])
+    for e in GROUP_ENTITIES:
+        col = f"person_{e}_id"
+        out["person"][col] = out["person"][col].to_numpy() + offsets[e][p_area]
+    household_area = np.repeat(np.arange(len(keys)), sizes["household"])
+    return StackedAreas(out, household_area, list(keys))
+
+
+def simulate_areas(stacked: StackedAreas, variables: Sequence[str], year: int,
+                   log: Callable[[str], None] = lambda m: None) -> tuple[dict, dict]:
+    """One policyengine-us simulation of the stacked areas: ``({variable: values at its
+    entity, unweighted}, {variable: entity})``."""
+    from policyengine_us import Microsimulation
+    from policyengine_us.data.dataset_schema import USSingleYearDataset
+
+    from .simulation import _as_plain, variable_entities
+
+    t0 = time.time()
+    dataset = USSingleYearDataset(**stacked.tables, time_period=year)
+    sim = Microsimulation(dataset=dataset, dataset_end_year=year)
+    entity = variable_entities(sim.tax_benefit_system, variables)
+    values = {}
+    for v in variables:
+        t1 = time.time()
+        values[v] = _as_plain(sim.calculate(v, year, use_weights=False))
+        log(f"  {v}: {time.time() - t1:.1f} s")
+    del sim
+    log(f"stacked simulation of {len(stacked.tables['household'])} households "
+        f"({len(stacked.keys)} areas): {time.time() - t0:.1f} s")
+    return values, entity
+
+
+def household_values(stacked: StackedAreas, values: dict, entity: dict,
+                     families: Sequence[tuple[str, tuple]]) -> dict:
+    """``{(variable, constraints): (n_households,) float64}``: each stacked household's value
+    of each family, by the matrix builder's :func:`calibration_core.package.family_values`
+    (here over one "clone" whose households are the stacked file households)."""
+    from . import package as pkg
+
+    s = Structure.from_tables(stacked.tables)
+    n = s.n_households
+    hh = stacked.tables["household"]
+    sims = StateSimulations(structure=s, home_state=hh["state_fips"].to_numpy(),
+                            entity=dict(entity), invariant=dict(values), by_state={},
+                            dependence={v: [] for v in values}, takeup_eligible=[])
+    geo = GeographyAssignment(
+        s.ids["household"], hh["congressional_district_geoid"].to_numpy()[None, :],
+        hh["county_fips"].to_numpy().astype("U5")[None, :],
+        hh["state_fips"].to_numpy()[None, :], np.zeros(n, dtype=bool))
+    ctx = pkg._Context(sims, geo, np.zeros((1, 1), dtype=np.int64), {}, {}, {})
+    return {fam: np.asarray(pkg.family_values(ctx, fam[0], fam[1]))[0].astype(np.float64)
+            for fam in families}
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+
+
+def _sanity(level: np.ndarray, variable: np.ndarray, sim: np.ndarray) -> tuple:
+    kind = np.where(variable == "household_count", "households",
+                    np.where(np.isin(variable, list(COUNT_VARIABLES)), "persons", "dollars"))
+    ceiling = np.array([SANITY_CEILINGS[lv][k] for lv, k in zip(level, kind)], dtype=float)
+    fail = ~np.isfinite(sim) | (np.abs(sim) > ceiling)
+    reason = np.full(len(sim), "", dtype=object)
+    for i in np.flatnonzero(fail):  # failures only
+        reason[i] = f"|sim| {abs(sim[i]):.4g} > {level[i]} {kind[i]} ceiling {ceiling[i]:.4g}"
+    return np.where(fail, "FAIL", "PASS"), reason
+
+
+@dataclass
+class AreaSet:
+    """Area files validated together (stacked into as few simulations as memory allows).
+
+    ``keys`` area keys (``"national-US"`` for the national file); ``kinds`` their kinds
+    (state, district, city, national); ``tables`` their datasets; ``cells`` their (clone,
+    record) arrays; ``weight_index`` which of the weight vectors built each file.
+    """
+
+    keys: list[str]
+    kinds: list[str]
+    tables: list[dict]
+    cells: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    weight_index: list[int] = field(default_factory=list)
+
+
+def area_targets(targets: pd.DataFrame, area_key: str, kind: str,
+                 districts_present: Sequence[int] = ()) -> np.ndarray:
+    """Row indices of the package targets scored for one area: national rows for the national
+    file, the state's rows for a state, the district's for a district, and for NYC the rows of
+    every district it has households in."""
+    level = targets["geo_level"].to_numpy()
+    geo_id = targets["geo_id"].astype(str).to_numpy()
+    if kind == "national":
+        mask = level == "national"
+    elif kind == "state":
+        mask = (level == "state") & (geo_id == str(parse_area_key(area_key).state_fips))
+    elif kind == "district":
+        mask = (level == "district") & (geo_id == str(parse_area_key(area_key).district_geoid))
+    elif kind == "city":
+        mask = (level == "district") & np.isin(geo_id, [str(int(d)) for d in districts_present])
+    else:
+        raise ValidationError(f"unknown area kind {kind!r}")
+    return np.flatnonzero(mask)
+
+
+def _groups(sizes: np.ndarray, limit: int) -> list[list[int]]:
+    """Consecutive groups of whole areas with at most ``limit`` households (an area larger than
+    ``limit`` is a group of its own)."""
+    groups, cur, cur_n = [], [], 0
+    for a, n in enumerate(sizes.tolist()):
+        if cur and cur_n + n > limit:
+            groups.append(cur)
+            cur, cur_n = [], 0
+        cur.append(a)
+        cur_n += n
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def validate_areas(
+    area_set: AreaSet,
+    targets: pd.DataFrame,
+    matrix: sp.csr_matrix,
+    weights: Sequence[np.ndarray],
+    n_records: int,
+    year: int,
+    max_households_per_simulation: int = 150_000,
+    log: Callable[[str], None] = lambda m: None,
+) -> pd.DataFrame:
+    """The report rows (:data:`REPORT_COLUMNS`) for the areas of ``area_set``.
+
+    Parameters
+    ----------
+    area_set : the files, their cells and which weight vector built each.
+    targets : the package's targets table (``name, value, holdout, achievable, variable,
+        geo_level, geo_id, constraints``), one row per matrix row.
+    matrix : CSR (n_targets, n_clones * n_records), the package matrix.
+    weights : weight vectors (n_clones * n_records,), indexed by ``area_set.weight_index``.
+    max_households_per_simulation : areas are stacked into simulations of at most this many
+        households (an area is never split); the fewer simulations, the faster.
+    """
+    need = {"name", "value", "holdout", "achievable", "variable", "geo_level", "geo_id",
+            "constraints"}
+    if not need <= set(targets.columns):
+        raise ValidationError(f"targets table lacks {sorted(need - set(targets.columns))}")
+    if matrix.shape[0] != len(targets):
+        raise ValidationError(f"matrix has {matrix.shape[0]} rows, targets {len(targets)}")
+    n_areas = len(area_set.keys)
+    if not (len(area_set.kinds) == len(area_set.tables) == len(area_set.cells)
+            == len(area_set.weight_index) == n_areas):
+        raise ValidationError("area set lists differ in length")
+    weights = [np.asarray(w, dtype=np.float64) for w in weights]
+    for w in weights:
+        if w.shape != (matrix.shape[1],):
+            raise ValidationError(f"weights have shape {w.shape}, matrix {matrix.shape}")
+    targets = targets.reset_index(drop=True)
+    cons_text = targets["constraints"].fillna("").astype(str).to_numpy()
+    variable = targets["variable"].to_numpy().astype(str)
+    cons_of = {c: parse_constraints(c) for c in np.unique(cons_text)}
+    family_code, families = pd.factorize(pd.Series(variable) + "|" + pd.Series(cons_text))
+    family_list = [(variable[np.flatnonzero(family_code == i)[0]],
+                    cons_text[np.flatnonzero(family_code == i)[0]]) for i in range(len(families))]
+
+    # plan: one row per (area, target row) scored
+    parts = []
+    for a in range(n_areas):
+        kind = area_set.kinds[a]
+        hh = area_set.tables[a]["household"]
+        present = np.unique(hh["congressional_district_geoid"].to_numpy()) if kind == "city" \
+            else ()
+        rows = area_targets(targets, area_set.keys[a], kind, present)
+        parts.append(pd.DataFrame({"a": a, "row": rows, "city": kind == "city"}))
+    plan = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        {"a": [], "row": [], "city": []})
+    plan["a"] = plan["a"].astype(np.int64)
+    plan["row"] = plan["row"].astype(np.int64)
+    plan["city"] = plan["city"].astype(bool)
+    plan["family"] = family_code[plan["row"].to_numpy()]
+    plan["district"] = np.where(plan["city"],
+                                pd.to_numeric(targets["geo_id"].astype(str), errors="coerce")
+                                .fillna(0).to_numpy()[plan["row"].to_numpy()], 0).astype(np.int64)
+    sim_value = np.zeros(len(plan))
+
+    # simulate groups of whole areas; each needed variable once per group
+    sizes = np.array([len(t["household"]) for t in area_set.tables], dtype=np.int64)
+    plan_area = plan["a"].to_numpy()
+    for group in _groups(sizes, max_households_per_simulation):
+        in_group = np.isin(plan_area, group)
+        if not in_group.any() or sizes[group].sum() == 0:
+            continue  # empty files: every total is 0
+        fams = np.unique(plan["family"].to_numpy()[in_group])
+        needed = [(family_list[f][0], cons_of[family_list[f][1]]) for f in fams]
+        variables = sorted({v for v, _ in needed if v not in COUNT_VARIABLES}
+                           | {c[0] for _, cons in needed for c in cons})
+        stacked = stack_areas([area_set.keys[a] for a in group],
+                              [area_set.tables[a] for a in group])
+        values, entity = simulate_areas(stacked, variables, year, log)
+        hv = household_values(stacked, values, entity, needed)
+        hh = stacked.tables["household"]
+        w = hh["household_weight"].to_numpy(dtype=np.float64)
+        local_area = stacked.household_area  # 0..len(group)-1
+        cd = hh["congressional_district_geoid"].to_numpy().astype(np.int64)
+        area_cd = local_area * 10_000 + cd
+        uniq_cd, inv_cd = np.unique(area_cd, return_inverse=True)
+        local_of = np.full(n_areas, -1)
+        local_of[group] = np.arange(len(group))
+        for f, fam in zip(fams, needed):
+            contrib = hv[fam] * w
+            per_area = np.bincount(local_area, weights=contrib, minlength=len(group))
+            per_cd = np.bincount(inv_cd, weights=contrib, minlength=len(uniq_cd))
+            sel = np.flatnonzero(in_group & (plan["family"].to_numpy() == f))
+            loc = local_of[plan_area[sel]]
+            city = plan["city"].to_numpy()[sel]
+            vals = per_area[loc]
+            if city.any():
+                key = loc[city] * 10_000 + plan["district"].to_numpy()[sel][city]
+                pos = np.minimum(np.searchsorted(uniq_cd, key), len(uniq_cd) - 1)
+                vals = vals.copy()
+                vals[city] = np.where(uniq_cd[pos] == key, per_cd[pos], 0.0)
+            sim_value[sel] = vals
+
+    # X.w: the full row for state / district / national areas (a target's non-zeros are the
+    # cells of its geography); for NYC the row restricted to the city's own cells
+    rows = plan["row"].to_numpy()
+    xw_full = [np.asarray(matrix @ w, dtype=np.float64) for w in weights]
+    wix = np.asarray(area_set.weight_index)[plan_area]
+    xw = np.array([xw_full[i][r] for i, r in zip(wix, rows)]) if len(rows) else np.zeros(0)
+    for a in np.unique(plan_area[plan["city"].to_numpy()]):
+        sel = np.flatnonzero(plan_area == a)
+        clone, record = area_set.cells[a]
+        cols = np.asarray(clone, dtype=np.int64) * n_records + np.asarray(record, dtype=np.int64)
+        w = weights[area_set.weight_index[a]]
+        xw[sel] = np.asarray(matrix[rows[sel]][:, cols] @ w[cols], dtype=np.float64)
+
+    df = pd.DataFrame({
+        "area": np.asarray(area_set.keys, dtype=object)[plan_area],
+        "area_kind": np.asarray(area_set.kinds, dtype=object)[plan_area],
+        "level": targets["geo_level"].to_numpy()[rows],
+        "geo_id": targets["geo_id"].astype(str).to_numpy()[rows],
+        "target_name": targets["name"].to_numpy()[rows],
+        "variable": variable[rows],
+        "domain": (targets["domain"].to_numpy()[rows] if "domain" in targets.columns
+                   else np.full(len(rows), "")),
+        "holdout": targets["holdout"].to_numpy(bool)[rows],
+        "achievable": targets["achievable"].to_numpy(bool)[rows],
+        "target_value": targets["value"].to_numpy(float)[rows],
+        "sim_value": sim_value, "xw_value": xw,
+    })
+    t = df["target_value"].to_numpy()
+    err = sim_value - t
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(t != 0, err / np.where(t != 0, t, 1.0),
+                       np.where(err == 0, 0.0, np.sign(err) * np.inf))
+    partial = plan["city"].to_numpy()
+    df["error"] = np.where(partial, np.nan, err)
+    df["rel_error"] = np.where(partial, np.nan, rel)
+    df["abs_rel_error"] = np.abs(df["rel_error"])
+    df["xw_abs_diff"] = np.abs(sim_value - xw)
+    df["xw_rel_diff"] = df["xw_abs_diff"] / np.maximum(np.abs(xw), 1.0)
+    df["consistent"] = df["xw_rel_diff"] <= CONSISTENCY_TOLERANCE
+    level = np.where(df["area_kind"] == "city", "city", df["level"])
+    df["level"] = level
+    df["sanity_check"], df["sanity_reason"] = _sanity(level, df["variable"].to_numpy(),
+                                                      sim_value)
+    return df[REPORT_COLUMNS]
+
+
+def summarize(report: pd.DataFrame) -> pd.DataFrame:
+    """Errors by level and sample (in-sample / hold-out): targets, areas, mean / median / p90 /
+    max absolute relative error against the target (file totals), share within 10%, the
+    largest ``|sim - X.w|`` relative difference, inconsistent rows and sanity failures."""
+    if report.empty:
+        return pd.DataFrame()
+    df = report.assign(sample=np.where(report["holdout"], "hold-out", "in-sample"))
+    rows = []
+    for (level, sample), g in df.groupby(["level", "sample"], sort=True):
+        e = g["abs_rel_error"].replace([np.inf], np.nan).dropna()
+        rows.append({
+            "level": level, "sample": sample, "targets": len(g), "areas": g["area"].nunique(),
+            "mean_abs_rel_error": float(e.mean()) if len(e) else np.nan,
+            "median_abs_rel_error": float(e.median()) if len(e) else np.nan,
+            "p90_abs_rel_error": float(e.quantile(0.9)) if len(e) else np.nan,
+            "max_abs_rel_error": float(e.max()) if len(e) else np.nan,
+            "within_10pct": float((e <= 0.10).mean()) if len(e) else np.nan,
+            "infinite_rel_error": int(np.isinf(g["abs_rel_error"]).sum()),
+            "max_xw_rel_diff": float(g["xw_rel_diff"].max()),
+            "inconsistent": int((~g["consistent"]).sum()),
+            "sanity_failures": int((g["sanity_check"] == "FAIL").sum()),
+        })
+    return pd.DataFrame(rows)
