@@ -9,6 +9,7 @@ import os
 
 import dagster as dg
 
+import assets.areas
 import assets.raw_inputs
 import assets.microdata
 import assets.package
@@ -22,7 +23,7 @@ from resources.store import ArtifactStore, default_home
 from sensors import ALL_SENSORS
 
 ASSET_MODULES = [assets.raw_inputs, assets.targets_db, assets.microdata, assets.package,
-                 assets.release]
+                 assets.areas, assets.release]
 
 
 def build_publisher():

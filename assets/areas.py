@@ -1,0 +1,393 @@
+"""Group ``areas``: the 488 area datasets, the national dataset and the validation report.
+
+Artifacts (under the store root): ``areas/states/CA.h5``, ``areas/districts/CA-12.h5``,
+``areas/cities/NYC.h5`` (one per partition of :data:`area_partitions`),
+``areas/national/US.h5``, ``areas/validation/validation_results.csv`` and
+``areas/validation/summary.json``.
+
+``area_datasets`` is partitioned by the 488 area keys and backfilled in batches
+(``BackfillPolicy.multi_run``): one run builds up to :data:`AREAS_PER_RUN` partitions, loading
+the base data, geography and weights once. Each partition gets its own materialization with its
+own metadata (households, persons, weighted population, file size, sha256).
+"""
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+
+from calibration_core import assembly as asm
+from calibration_core import validation as val
+from calibration_core.areas import STATE_FIPS, all_area_keys, parse_area_key
+from calibration_core.geography import load_geography
+from calibration_core.h5_dataset import read_dataset, validate_tables, write_dataset
+from calibration_core.io_utils import atomic_path, atomic_write_json, sha256_file
+from calibration_core.package_io import METADATA_FILE, load_package
+from calibration_core.simulation import load_state_simulations
+from resources.settings import BuildSettings
+from resources.store import ArtifactStore
+
+YEAR = 2024
+MICRODATA = ("microdata", "stratified_2024.h5")
+SIMULATIONS = ("calibration", "state_simulations.npz")
+GEOGRAPHY = ("calibration", "geography_assignment.npz")
+PACKAGE = ("calibration", "package")
+WEIGHTS = {"regional": ("calibration", "regional", "weights.npy"),
+           "national": ("calibration", "national", "weights.npy")}
+AREAS = "areas"
+NATIONAL_FILE = ("areas", "national", "US.h5")
+REPORT_CSV = ("areas", "validation", "validation_results.csv")
+SUMMARY_JSON = ("areas", "validation", "summary.json")
+AREAS_PER_RUN = 100  # partitions per backfill run (488 -> 5 runs)
+
+area_partitions = dg.StaticPartitionsDefinition(all_area_keys())
+
+
+class AreaConfig(dg.Config):
+    # "matrix": each household's county is the one the state simulations placed its state in
+    # (the files reproduce X.w exactly); "clone": the county drawn for the clone
+    county: str = "matrix"
+
+
+class ValidationConfig(dg.Config):
+    areas: Optional[str] = None  # "all" | "sample"; None: the preset's validation_areas
+    max_households_per_simulation: int = 150_000
+
+
+def _md(frame: pd.DataFrame, index: bool = False) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.to_markdown(index=index))
+
+
+def area_path(store: ArtifactStore, key: str) -> Path:
+    return store.path(AREAS, parse_area_key(key).relative_path)
+
+
+class _Inputs:
+    """Base data, geography, weights and take-up specs, loaded once per run."""
+
+    def __init__(self, store: ArtifactStore, which: str, county: str):
+        if county not in ("matrix", "clone"):
+            raise ValueError(f"area config county must be 'matrix' or 'clone', got {county!r}")
+        t0 = time.perf_counter()
+        tables, year = read_dataset(store.path(*MICRODATA))
+        self.base = asm.index_base(tables, year)
+        self.geo = load_geography(store.path(*GEOGRAPHY))
+        weights_path = store.path(*WEIGHTS[which])
+        if not weights_path.is_file():
+            raise FileNotFoundError(f"{which} weights {weights_path} do not exist: materialize "
+                                    f"{which}_weights first")
+        self.weights = asm.check_weights(np.load(weights_path, allow_pickle=False), self.geo,
+                                         str(weights_path))
+        meta = json.loads(store.path(*PACKAGE, METADATA_FILE).read_text())
+        self.takeup = asm.takeup_for_package(meta.get("takeup_rerandomised", []))
+        self.county_by_state = None
+        if county == "matrix":
+            sims_meta = load_state_simulations(store.path(*SIMULATIONS)).metadata
+            rep = sims_meta.get("representative_county")
+            if not rep:
+                raise ValueError(f"{store.path(*SIMULATIONS)} records no representative county")
+            self.county_by_state = {STATE_FIPS[abbr]: c for abbr, c in rep.items()}
+        self.county = county
+        self.seconds = time.perf_counter() - t0
+
+    def build(self, key: Optional[str]) -> asm.AreaBuild:
+        area = parse_area_key(key) if key is not None else None
+        return asm.build_area_tables(self.base, self.geo, self.weights, area, self.takeup,
+                                     self.county_by_state)
+
+
+def _write(build: asm.AreaBuild, path: Path, year: int, seconds: float) -> dict:
+    write_dataset(path, build.tables, year)
+    return {
+        "households": build.households, "persons": build.persons,
+        "tax_units": len(build.tables["tax_unit"]),
+        "weighted_population": round(build.weighted_population(), 1),
+        "weighted_households": round(build.weighted_households(), 1),
+        "base_records_used": int(len(np.unique(build.record))),
+        "file_bytes": path.stat().st_size, "sha256": sha256_file(path),
+        "path": dg.MetadataValue.path(str(path)), "seconds": round(seconds, 3),
+    }
+
+
+def run_partition_keys(context) -> list[str]:
+    """The area keys of the current run: its partition, its partition range, or all 488."""
+    tags = context.run.tags
+    keys = all_area_keys()
+    if tags.get("dagster/partition") in keys:
+        return [tags["dagster/partition"]]
+    start, end = tags.get(ASSET_PARTITION_RANGE_START_TAG), tags.get(ASSET_PARTITION_RANGE_END_TAG)
+    if start in keys and end in keys:
+        return keys[keys.index(start): keys.index(end) + 1]
+    return keys
+
+
+@dg.asset(
+    group_name="areas",
+    partitions_def=area_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=AREAS_PER_RUN),
+    deps=["regional_weights", "geography_assignment", "calibration_package",
+          "stratified_microdata", "state_simulations"],
+    kinds={"python", "h5"},
+    code_version="1",
+    description=(
+        "One PolicyEngine-US dataset per area (`areas/states/CA.h5`, `areas/districts/CA-12.h5`, "
+        "`areas/cities/NYC.h5`): the area's active clone-households (regional weight > 0, clone's "
+        "district in the area; NYC: clone's county in the five boroughs), persons and every "
+        "entity copied with fresh ids, household_weight = calibrated weight, state / county / "
+        "district geography, take-up redrawn with the matrix's keys so policyengine-us "
+        "reproduces X·w. Partitions are built in batches: the base data is loaded once per run."
+    ),
+)
+def area_datasets(context: dg.AssetExecutionContext, config: AreaConfig, store: ArtifactStore):
+    keys = list(context.partition_keys)
+    t0 = time.perf_counter()
+    inputs = _Inputs(store, "regional", config.county)
+    context.log.info(f"building {len(keys)} area files (inputs loaded in {inputs.seconds:.2f} s)")
+    per_area, empty = {}, []
+    for i, key in enumerate(keys):
+        t1 = time.perf_counter()
+        build = inputs.build(key)
+        per_area[key] = _write(build, area_path(store, key), inputs.base.year,
+                               time.perf_counter() - t1)
+        per_area[key]["county_source"] = inputs.county
+        if build.households == 0:
+            empty.append(key)
+        if (i + 1) % 50 == 0:
+            context.log.info(f"{i + 1}/{len(keys)} areas written")
+    seconds = time.perf_counter() - t0
+    if empty:
+        context.log.warning(f"{len(empty)} area(s) have no household with a positive weight: "
+                            f"{empty[:20]}")
+    if len(keys) == 1:
+        yield dg.MaterializeResult(metadata=per_area[keys[0]])
+        return
+    table = pd.DataFrame([{"area": k, **{c: per_area[k][c] for c in
+                                          ("households", "persons", "weighted_population",
+                                           "file_bytes")}} for k in keys])
+    # the batch's own event first (Dagster copies it to every partition of the run), then one
+    # materialization per area with that area's figures, which becomes each partition's latest
+    yield dg.MaterializeResult(metadata={
+        "areas": len(keys), "households": int(table["households"].sum()),
+        "persons": int(table["persons"].sum()), "empty_areas": len(empty),
+        "seconds": round(seconds, 2), "input_seconds": round(inputs.seconds, 2),
+        "largest": _md(table.sort_values("households", ascending=False).head(10)),
+    })
+    for key in keys:
+        yield dg.AssetMaterialization(asset_key=context.asset_key, partition=key,
+                                      metadata=per_area[key])
+
+
+def check_area_file(store: ArtifactStore, key: str, county_by_state=None) -> list[str]:
+    """Structural problems of one area file (empty list when sound): ids unique, memberships
+    valid, weights > 0, every household with persons, geography inside the area."""
+    path = area_path(store, key)
+    if not path.is_file():
+        return [f"{key}: {path} does not exist"]
+    try:
+        tables, _ = read_dataset(path)
+        validate_tables(tables)
+    except Exception as exc:  # noqa: BLE001 - reported as a failed check
+        return [f"{key}: {exc}"]
+    problems = []
+    hh = tables["household"]
+    if len(hh) == 0:
+        return []
+    if not (hh["household_weight"].to_numpy() > 0).all():
+        problems.append(f"{key}: a household weight is not > 0")
+    members = np.bincount(tables["person"]["person_household_id"].to_numpy(), minlength=len(hh))
+    if (members == 0).any():
+        problems.append(f"{key}: {(members == 0).sum()} household(s) without persons")
+    area = parse_area_key(key)
+    cd = hh["congressional_district_geoid"].to_numpy()
+    state = hh["state_fips"].to_numpy()
+    if not (state == cd // 100).all():
+        problems.append(f"{key}: state_fips disagrees with congressional_district_geoid")
+    if area.kind == "state" and not (state == area.state_fips).all():
+        problems.append(f"{key}: households outside state {area.state_fips}")
+    if area.kind == "district" and not (cd == area.district_geoid).all():
+        problems.append(f"{key}: households outside district {area.district_geoid}")
+    if area.kind == "city" and not (state == area.state_fips).all():
+        problems.append(f"{key}: households outside state {area.state_fips}")
+    return problems
+
+
+@dg.asset_check(asset=area_datasets, blocking=True,
+                description="The files of this run's partitions load and are sound: unique "
+                            "ids, valid memberships, weights > 0, households with persons, "
+                            "geography inside the area.")
+def area_files_valid(context: dg.AssetCheckExecutionContext,
+                     store: ArtifactStore) -> dg.AssetCheckResult:
+    keys = run_partition_keys(context)
+    problems = [p for k in keys for p in check_area_file(store, k)]
+    households = {}
+    for k in keys:
+        path = area_path(store, k)
+        if path.is_file():
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                households[k] = len(f["household_id"][str(YEAR)]) if "household_id" in f else 0
+    empty = sorted(k for k, n in households.items() if n == 0)
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={"areas_checked": len(keys), "problems": len(problems),
+                  "details": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems[:100]))
+                  if problems else "none",
+                  "empty_areas": len(empty),
+                  "empty_area_keys": ", ".join(empty[:50]) or "none"})
+
+
+@dg.asset(
+    group_name="areas",
+    deps=["national_weights", "geography_assignment", "calibration_package",
+          "stratified_microdata", "state_simulations"],
+    kinds={"python", "h5"},
+    code_version="1",
+    description=(
+        "The national PolicyEngine-US dataset (`areas/national/US.h5`): every clone-household "
+        "with a positive national weight (the national fit's own weights), assembled like the "
+        "area files."
+    ),
+)
+def national_dataset(context: dg.AssetExecutionContext, config: AreaConfig,
+                     store: ArtifactStore) -> dg.MaterializeResult:
+    t0 = time.perf_counter()
+    inputs = _Inputs(store, "national", config.county)
+    build = inputs.build(None)
+    if build.households == 0:
+        raise ValueError("the national weights have no positive entry: no national dataset")
+    meta = _write(build, store.path(*NATIONAL_FILE), inputs.base.year, time.perf_counter() - t0)
+    meta["county_source"] = inputs.county
+    context.log.info(f"national file: {build.households} households, {build.persons} persons")
+    return dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset(
+    group_name="areas",
+    deps=[area_datasets, national_dataset, "calibration_package", "regional_weights",
+          "national_weights"],
+    kinds={"python", "csv"},
+    code_version="1",
+    description=(
+        "For every area of the report (all 488 by default; a sample with every kind when the "
+        "preset says so) and the national file, every target of its geography (in-sample and "
+        "hold-out): target, the total policyengine-us computes from the file, X·w, errors and "
+        "sanity ceilings (`areas/validation/validation_results.csv`, `summary.json`). The files "
+        "are read into one stacked simulation (ids offset per file), not one per file."
+    ),
+)
+def validation_report(context: dg.AssetExecutionContext, config: ValidationConfig,
+                      store: ArtifactStore, settings: BuildSettings) -> dg.MaterializeResult:
+    t0 = time.perf_counter()
+    preset = settings.resolve()
+    mode = config.areas or preset.validation_areas
+    areas = val.areas_for_report(mode)
+    package = load_package(store.path(*PACKAGE))
+    inputs = _Inputs(store, "regional", "clone")  # geography and cells only
+    national_w = np.load(store.path(*WEIGHTS["national"]), allow_pickle=False)
+    national_w = asm.check_weights(national_w, inputs.geo, "national weights")
+    keys, kinds, tables, cells, wix = [], [], [], [], []
+    for area in areas:
+        path = area_path(store, area.key)
+        if not path.is_file():
+            raise FileNotFoundError(f"area file {path} ({area.key}) does not exist: "
+                                    "materialize area_datasets first")
+        t, _ = read_dataset(path)
+        keys.append(area.key)
+        kinds.append(area.kind)
+        tables.append(t)
+        cells.append(asm.active_cells(inputs.weights, asm.area_cell_mask(inputs.geo, area)))
+        wix.append(0)
+    national_path = store.path(*NATIONAL_FILE)
+    t, _ = read_dataset(national_path)
+    keys.append("national-US")
+    kinds.append("national")
+    tables.append(t)
+    cells.append(asm.active_cells(national_w, np.ones_like(national_w, dtype=bool)))
+    wix.append(1)
+    area_set = val.AreaSet(keys, kinds, tables, cells, wix)
+    report = val.validate_areas(
+        area_set, package.targets, package.matrix,
+        [inputs.weights.reshape(-1), national_w.reshape(-1)], inputs.geo.n_records, YEAR,
+        max_households_per_simulation=config.max_households_per_simulation,
+        log=context.log.info)
+    summary = val.summarize(report)
+    csv_path = store.path(*REPORT_CSV)
+    with atomic_path(csv_path, suffix=".csv") as tmp:
+        report.to_csv(tmp, index=False, float_format="%.10g")
+    in_sample = report[~report["holdout"]]
+    bad = in_sample[~in_sample["consistent"]]
+    summary_obj = {
+        "mode": mode, "areas": len(keys) - 1, "national": True, "rows": len(report),
+        "tolerance": val.CONSISTENCY_TOLERANCE,
+        "inconsistent_in_sample": int(len(bad)),
+        "sanity_failures": int((report["sanity_check"] == "FAIL").sum()),
+        "by_level": json.loads(summary.to_json(orient="records")),
+        "report_sha256": sha256_file(csv_path),
+    }
+    atomic_write_json(store.path(*SUMMARY_JSON), summary_obj)
+    worst = report.sort_values("xw_rel_diff", ascending=False).head(10)[
+        ["area", "target_name", "sim_value", "xw_value", "xw_rel_diff"]]
+    return dg.MaterializeResult(metadata={
+        "mode": mode, "areas": len(keys) - 1, "rows": len(report),
+        "summary": _md(summary.round(4)),
+        "inconsistent_in_sample": int(len(bad)),
+        "max_xw_rel_diff_in_sample": float(in_sample["xw_rel_diff"].max())
+        if len(in_sample) else 0.0,
+        "sanity_failures": summary_obj["sanity_failures"],
+        "worst_consistency": _md(worst),
+        "path": dg.MetadataValue.path(str(csv_path)),
+        "seconds": round(time.perf_counter() - t0, 1),
+    })
+
+
+def _report(store: ArtifactStore) -> pd.DataFrame:
+    return pd.read_csv(store.path(*REPORT_CSV), dtype={"geo_id": str})
+
+
+@dg.asset_check(asset=validation_report, blocking=True,
+                description="|Microsimulation total - X·w| <= 0.5% of max(|X·w|, 1) for every "
+                            "in-sample target of every area in the report.")
+def xw_consistency(store: ArtifactStore) -> dg.AssetCheckResult:
+    report = _report(store)
+    rows = report[~report["holdout"].astype(bool)]
+    bad = rows[~rows["consistent"].astype(bool)]
+    return dg.AssetCheckResult(
+        passed=bad.empty,
+        metadata={"in_sample_rows": len(rows), "inconsistent": len(bad),
+                  "max_xw_rel_diff": float(rows["xw_rel_diff"].max()) if len(rows) else 0.0,
+                  "worst": _md(bad.sort_values("xw_rel_diff", ascending=False).head(20)[
+                      ["area", "target_name", "sim_value", "xw_value", "xw_rel_diff"]])
+                  if len(bad) else "none"})
+
+
+@dg.asset_check(asset=validation_report, blocking=True,
+                description="Every simulated total is finite and under its level's sanity "
+                            "ceiling (dollars / persons / households).")
+def sanity_ceilings(store: ArtifactStore) -> dg.AssetCheckResult:
+    report = _report(store)
+    bad = report[report["sanity_check"] == "FAIL"]
+    return dg.AssetCheckResult(
+        passed=bad.empty,
+        metadata={"rows": len(report), "failures": len(bad),
+                  "details": _md(bad.head(20)[["area", "target_name", "sanity_reason"]])
+                  if len(bad) else "none"})
+
+
+@dg.asset_check(asset=validation_report, blocking=True,
+                description="All 488 area files and the national file exist.")
+def area_files_complete(store: ArtifactStore) -> dg.AssetCheckResult:
+    missing = [k for k in all_area_keys() if not area_path(store, k).is_file()]
+    national = store.path(*NATIONAL_FILE).is_file()
+    return dg.AssetCheckResult(
+        passed=not missing and national,
+        metadata={"area_files": 488 - len(missing), "missing": ", ".join(missing[:50]) or "none",
+                  "national_file": national})
