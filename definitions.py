@@ -10,12 +10,14 @@ import os
 import dagster as dg
 
 import assets.areas
+import assets.fit
 import assets.raw_inputs
 import assets.microdata
 import assets.package
 import assets.release
 import assets.targets_db
 from jobs import ALL_JOBS
+from resources.fitter import WeightFitter
 from resources.publisher import HuggingFacePublisher, LocalDirectoryPublisher
 from resources.raw_inputs import DirectoryProvider, PyPICacheProvider
 from resources.settings import BuildSettings
@@ -23,7 +25,7 @@ from resources.store import ArtifactStore, default_home
 from sensors import ALL_SENSORS
 
 ASSET_MODULES = [assets.raw_inputs, assets.targets_db, assets.microdata, assets.package,
-                 assets.areas, assets.release]
+                 assets.fit, assets.areas, assets.release]
 
 
 def build_publisher():
@@ -51,6 +53,8 @@ def build_resources() -> dict:
         "raw_inputs": provider,
         "settings": BuildSettings(),
         "publisher": build_publisher(),
+        "fitter": WeightFitter(device=os.environ.get("AREACAL_FIT_DEVICE", "auto"),
+                               mode=os.environ.get("AREACAL_FIT_MODE", "in_process")),
     }
 
 

@@ -1,0 +1,174 @@
+"""Group ``calibration``: the L0 weight fits (regional and national), each with a blocking check.
+
+Artifacts (under the store root): ``calibration/regional/`` and ``calibration/national/``, each
+with ``weights.npy``, ``diagnostics.csv``, ``epochs.csv``, ``fit_plot.png``, ``fit_summary.json``,
+``timing.json`` and its own ``checkpoint.pt`` (never shared between the two fits).
+The fits run through the ``fitter`` resource (in-process or Dagster Pipes; CPU or CUDA) in the
+concurrency pool ``gpu`` (limit it to 1: see ``dagster.yaml.example``).
+"""
+
+import base64
+import json
+from typing import Optional
+
+import dagster as dg
+import pandas as pd
+
+from calibration_core.fit import DIAGNOSTICS_FILE, PLOT_FILE, SUMMARY_FILE, WEIGHTS_FILE
+from calibration_core.io_utils import sha256_file, stable_seed
+from resources.fitter import WeightFitter
+from resources.settings import BuildSettings
+from resources.store import ArtifactStore
+
+PACKAGE = ("calibration", "package")
+PACKAGE_KEY = dg.AssetKey("calibration_package")
+
+
+class WeightFitConfig(dg.Config):
+    """Run config of a weight fit; unset values come from the build preset and the fit preset."""
+
+    epochs: Optional[int] = None  # default: BuildSettings' regional_epochs / national_epochs
+    resume: bool = True  # continue from this fit's checkpoint when it matches
+    on_checkpoint_mismatch: str = "restart"  # "restart" (log and start afresh) or "error"
+    checkpoint_every: int = 100
+    log_every: int = 10
+    lambda_l0: Optional[float] = None
+    lambda_l2: Optional[float] = None
+    learning_rate: Optional[float] = None
+    seed: Optional[int] = None  # default: stable_seed("l0_fit", kind, build seed)
+
+
+class FitQualityConfig(dg.Config):
+    """Threshold of the blocking check on mean |relative error| of achievable in-sample targets."""
+
+    max_mean_abs_rel_error: float = 0.10
+
+
+def _fit_asset(kind: str, context: dg.AssetExecutionContext, config: WeightFitConfig,
+               store: ArtifactStore, settings: BuildSettings,
+               fitter: WeightFitter) -> dg.MaterializeResult:
+    preset = settings.resolve()
+    epochs = config.epochs or (preset.regional_epochs if kind == "regional"
+                               else preset.national_epochs)
+    seed = config.seed if config.seed is not None else stable_seed("l0_fit", kind, preset.seed)
+    overrides = {"epochs": int(epochs), "seed": int(seed),
+                 "checkpoint_every": config.checkpoint_every, "log_every": config.log_every,
+                 "lambda_l0": config.lambda_l0, "lambda_l2": config.lambda_l2,
+                 "learning_rate": config.learning_rate}
+    package_dir = store.path(*PACKAGE)
+    out_dir = store.folder("calibration", kind)
+    outcome = fitter.fit(context, package_dir, out_dir, kind, overrides, resume=config.resume,
+                         on_checkpoint_mismatch=config.on_checkpoint_mismatch)
+    summary, timing, hp = outcome["summary"], outcome["timing"], outcome["hp"]
+    weights_sha = sha256_file(out_dir / WEIGHTS_FILE)
+    if weights_sha != summary["weights_sha256"]:
+        raise dg.Failure(f"{out_dir / WEIGHTS_FILE} does not match {out_dir / SUMMARY_FILE} "
+                         "(sha256 differs): the fit's outputs are inconsistent")
+    diagnostics = pd.read_csv(out_dir / DIAGNOSTICS_FILE)
+    worst = (diagnostics[diagnostics["in_fit"]]
+             .sort_values("abs_rel_error", ascending=False, kind="stable").head(15)
+             [["target", "value", "estimate", "rel_error"]])
+    plot = base64.b64encode((out_dir / PLOT_FILE).read_bytes()).decode("ascii")
+    context.log.info(
+        f"{kind} weights: mean |rel err| {summary['mean_abs_rel_error']:.4%} over "
+        f"{summary['n_fit_targets']} targets, {summary['active_records']} active records")
+    holdout = summary.get("holdout_mean_abs_rel_error")
+    return dg.MaterializeResult(
+        metadata={
+            "mean_abs_rel_error": dg.MetadataValue.float(summary["mean_abs_rel_error"]),
+            "median_abs_rel_error": dg.MetadataValue.float(summary["median_abs_rel_error"]),
+            "max_abs_rel_error": dg.MetadataValue.float(summary["max_abs_rel_error"]),
+            "worst_target": summary["worst_target"],
+            "holdout_mean_abs_rel_error": dg.MetadataValue.float(
+                holdout if holdout is not None else float("nan")),
+            "active_records": dg.MetadataValue.int(summary["active_records"]),
+            "sparsity": dg.MetadataValue.float(summary["sparsity"]),
+            "n_columns": summary["n_columns"],
+            "n_fit_targets": summary["n_fit_targets"],
+            "final_loss": dg.MetadataValue.float(summary["final_loss"]),
+            "epochs": summary["epochs"],
+            "epochs_per_second": dg.MetadataValue.float(timing["epochs_per_second"] or 0.0),
+            "train_seconds": dg.MetadataValue.float(timing["train_seconds"]),
+            "resumed_from_epoch": timing["resumed_from_epoch"],
+            "device": timing["device"],
+            "mode": outcome["mode"],
+            "lambda_l0": hp.lambda_l0, "lambda_l2": hp.lambda_l2, "beta": hp.beta,
+            "learning_rate": hp.learning_rate, "seed": str(hp.seed),
+            "plot": dg.MetadataValue.md(f"![error and active records by epoch]"
+                                        f"(data:image/png;base64,{plot})"),
+            "worst_targets": dg.MetadataValue.md(worst.to_markdown(index=False)),
+            "weights": dg.MetadataValue.path(str(out_dir / WEIGHTS_FILE)),
+            "weights_sha256": weights_sha,
+            "package_fingerprint": summary["package_fingerprint"],
+            "dagster/row_count": summary["n_columns"],
+        },
+        data_version=dg.DataVersion(weights_sha[:32]),
+    )
+
+
+def _quality_check(kind: str, config: FitQualityConfig,
+                   store: ArtifactStore) -> dg.AssetCheckResult:
+    out_dir = store.path("calibration", kind)
+    summary = json.loads((out_dir / SUMMARY_FILE).read_text())
+    mean = float(summary["mean_abs_rel_error"])
+    consistent = sha256_file(out_dir / WEIGHTS_FILE) == summary["weights_sha256"]
+    return dg.AssetCheckResult(
+        passed=bool(consistent and mean < config.max_mean_abs_rel_error),
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=(None if consistent else
+                     f"{out_dir / WEIGHTS_FILE} does not match {SUMMARY_FILE}"),
+        metadata={"mean_abs_rel_error": dg.MetadataValue.float(mean),
+                  "threshold": dg.MetadataValue.float(config.max_mean_abs_rel_error),
+                  "n_fit_targets": summary["n_fit_targets"],
+                  "weights_match_summary": consistent},
+    )
+
+
+_COMMON = dict(
+    group_name="calibration",
+    deps=[PACKAGE_KEY],
+    pool="gpu",
+    kinds={"pytorch"},
+    code_version="1",
+)
+
+
+@dg.asset(
+    **_COMMON,
+    description=(
+        "`calibration/regional/`: L0-sparse clone-household weights fitted to every achievable "
+        "in-sample target of the package (preset `regional`: λ_L0 1e-7, λ_L2 1e-8, β 0.65, "
+        "lr 0.15), with diagnostics, a per-epoch log, a plot and its own checkpoint."),
+)
+def regional_weights(context: dg.AssetExecutionContext, config: WeightFitConfig,
+                     store: ArtifactStore, settings: BuildSettings,
+                     fitter: WeightFitter) -> dg.MaterializeResult:
+    return _fit_asset("regional", context, config, store, settings, fitter)
+
+
+@dg.asset(
+    **_COMMON,
+    description=(
+        "`calibration/national/`: the national fit (preset `national`: λ_L0 2e-2, λ_L2 1e-12, "
+        "β 0.65, lr 0.15): far fewer active records, for the national file; its own checkpoint."),
+)
+def national_weights(context: dg.AssetExecutionContext, config: WeightFitConfig,
+                     store: ArtifactStore, settings: BuildSettings,
+                     fitter: WeightFitter) -> dg.MaterializeResult:
+    return _fit_asset("national", context, config, store, settings, fitter)
+
+
+@dg.asset_check(asset=regional_weights, name="fit_quality", blocking=True,
+                description="Mean |relative error| of achievable in-sample targets is below the "
+                            "threshold (default 10%); a failure stops area assembly.")
+def regional_weights_fit_quality(config: FitQualityConfig,
+                                 store: ArtifactStore) -> dg.AssetCheckResult:
+    return _quality_check("regional", config, store)
+
+
+@dg.asset_check(asset=national_weights, name="fit_quality", blocking=True,
+                description="Mean |relative error| of achievable in-sample targets is below the "
+                            "threshold (default 10%); a failure stops the national file.")
+def national_weights_fit_quality(config: FitQualityConfig,
+                                 store: ArtifactStore) -> dg.AssetCheckResult:
+    return _quality_check("national", config, store)
