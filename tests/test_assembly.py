@@ -303,3 +303,60 @@ def test_sanity_ceilings():
                                  np.array(["person_count", "snap"]),
                                  np.array([2e6, 1e9]))
     assert list(status) == ["FAIL", "PASS"] and "ceiling" in reason[0]
+
+
+def test_area_datasets_asset_batch_and_single_partition(setup, tmp_path):
+    """Through Dagster: a batch of partitions gets one materialization per partition with its
+    own figures; one partition rebuilt alone is byte-identical and touches no other file."""
+    import json
+
+    import dagster as dg
+    from dagster._core.storage.tags import (ASSET_PARTITION_RANGE_END_TAG,
+                                            ASSET_PARTITION_RANGE_START_TAG)
+
+    import assets.areas as areas
+    from calibration_core.geography import save_geography
+    from resources.store import ArtifactStore
+
+    tables, base, geo, w = setup
+    root = tmp_path / "store"
+    write_dataset(root / "microdata" / "stratified_2024.h5", tables, 2024)
+    save_geography(geo, root / "calibration" / "geography_assignment.npz")
+    (root / "calibration" / "regional").mkdir(parents=True)
+    np.save(root / "calibration" / "regional" / "weights.npy", w)
+    (root / "calibration" / "package").mkdir(parents=True)
+    (root / "calibration" / "package" / "metadata.json").write_text(
+        json.dumps({"takeup_rerandomised": ["snap"]}))
+    keys = areas.area_partitions.get_partition_keys()
+    first, last = keys.index("district-CA-01"), keys.index("district-CA-12")
+    store = ArtifactStore(root=str(root))
+    config = {"ops": {"area_datasets": {"config": {"county": "clone"}}}}
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize(
+            [areas.area_datasets, areas.area_files_valid], resources={"store": store},
+            instance=instance, run_config=config,
+            tags={ASSET_PARTITION_RANGE_START_TAG: keys[first],
+                  ASSET_PARTITION_RANGE_END_TAG: keys[last]})
+        assert result.success
+        assert [e.passed for e in result.get_asset_check_evaluations()] == [True]
+        key = dg.AssetKey("area_datasets")
+        assert instance.get_materialized_partitions(key) == set(keys[first:last + 1])
+        meta = {}
+        for pk in ("district-CA-01", "district-CA-12"):
+            rec = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, asset_partitions=[pk]), limit=1).records[0]
+            meta[pk] = rec.asset_materialization.metadata
+        path = root / "areas" / "districts" / "CA-12.h5"
+        assert meta["district-CA-12"]["sha256"].value == sha256_file(path)
+        assert meta["district-CA-12"]["households"].value == int(
+            ((geo.district_geoid == 612) & (w.reshape(geo.district_geoid.shape) > 0)).sum())
+        assert meta["district-CA-01"]["sha256"].value != meta["district-CA-12"]["sha256"].value
+        before = sha256_file(path)
+        other = root / "areas" / "districts" / "CA-01.h5"
+        other_mtime = other.stat().st_mtime_ns
+        path.unlink()
+        single = dg.materialize([areas.area_datasets, areas.area_files_valid],
+                                resources={"store": store}, instance=instance,
+                                run_config=config, partition_key="district-CA-12")
+        assert single.success
+        assert sha256_file(path) == before and other.stat().st_mtime_ns == other_mtime

@@ -1,0 +1,95 @@
+"""The ``tiny`` preset end to end through Dagster: every asset but the release, all 488 area
+partitions in one batched run, the blocking checks; then one district rebuilt alone.
+
+One process imports policyengine-us (the state simulations run with ``workers=1``); the
+validation report's stacked simulation reuses it.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_tiny_preset_end_to_end(tmp_path, real_raw_dir):
+    import dagster as dg
+
+    import assets.areas as areas
+    import assets.fit
+    import assets.microdata
+    import assets.package
+    import assets.raw_inputs
+    import assets.targets_db
+    from calibration_core.areas import all_area_keys
+    from calibration_core.io_utils import sha256_file
+    from jobs import ALL_AREAS_TAGS
+    from resources.fitter import WeightFitter
+    from resources.raw_inputs import DirectoryProvider
+    from resources.settings import BuildSettings
+    from resources.store import ArtifactStore
+
+    modules = [assets.raw_inputs, assets.targets_db, assets.microdata, assets.package,
+               assets.fit, areas]
+    defs = dg.load_assets_from_modules(modules) + list(dg.load_asset_checks_from_modules(modules))
+    store = ArtifactStore(root=str(tmp_path / "store"))
+    resources = {"store": store, "raw_inputs": DirectoryProvider(path=str(real_raw_dir)),
+                 "settings": BuildSettings(preset="tiny"),
+                 "fitter": WeightFitter(device="cpu", mode="in_process")}
+    run_config = {"ops": {"state_simulations": {"config": {"workers": 1}}}}
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize(defs, resources=resources, instance=instance,
+                                run_config=run_config, tags=ALL_AREAS_TAGS)
+        assert result.success
+        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        for name in ("area_files_valid", "xw_consistency", "sanity_ceilings",
+                     "area_files_complete"):
+            assert checks.get(name) is True, (name, checks)
+
+        # every partition materialized, each with its own figures
+        key = dg.AssetKey("area_datasets")
+        assert instance.get_materialized_partitions(key) == set(all_area_keys())
+        latest = {}
+        for pk in ("state-CA", "district-CA-12", "city-NYC"):
+            rec = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, asset_partitions=[pk]), limit=1).records[0]
+            latest[pk] = rec.asset_materialization.metadata
+        assert latest["state-CA"]["sha256"].value != latest["district-CA-12"]["sha256"].value
+        assert latest["state-CA"]["households"].value >= latest["district-CA-12"]["households"].value
+        for pk, kind, code in (("state-CA", "states", "CA"), ("district-CA-12", "districts",
+                                                               "CA-12"), ("city-NYC", "cities", "NYC")):
+            path = tmp_path / "store" / "areas" / kind / f"{code}.h5"
+            assert path.is_file() and sha256_file(path) == latest[pk]["sha256"].value
+        assert (tmp_path / "store" / "areas" / "national" / "US.h5").is_file()
+
+        summary = json.loads((tmp_path / "store" / "areas" / "validation" /
+                              "summary.json").read_text())
+        assert summary["inconsistent_in_sample"] == 0 and summary["sanity_failures"] == 0
+        levels = {(r["level"], r["sample"]) for r in summary["by_level"]}
+        assert {("national", "in-sample"), ("state", "in-sample"),
+                ("district", "in-sample")} <= levels
+
+        # one district alone: just that file, byte-identical to the batched build's
+        target = tmp_path / "store" / "areas" / "districts" / "CA-12.h5"
+        other = tmp_path / "store" / "areas" / "states" / "CA.h5"
+        before, other_mtime = sha256_file(target), other.stat().st_mtime_ns
+        target.unlink()
+        single = dg.materialize(defs, resources=resources, instance=instance,
+                                selection=["area_datasets"], partition_key="district-CA-12")
+        assert single.success
+        assert sha256_file(target) == before
+        assert other.stat().st_mtime_ns == other_mtime
+
+    # the file loads by path in policyengine-us and gives its own households and weights
+    from calibration_core.h5_dataset import read_dataset
+    from policyengine_us import Microsimulation
+
+    path = tmp_path / "store" / "areas" / "states" / "CA.h5"
+    tables, _ = read_dataset(path)
+    sim = Microsimulation(dataset=str(path))
+    weights = sim.calculate("household_weight", 2024, use_weights=False)
+    np.testing.assert_allclose(np.asarray(weights),
+                               tables["household"]["household_weight"].to_numpy(), rtol=1e-6)
+    assert (np.asarray(sim.calculate("state_fips", 2024, use_weights=False)) == 6).all()
