@@ -93,7 +93,7 @@ def state_simulations(context: dg.AssetExecutionContext, config: StateSimulation
         "variables": dg.MetadataValue.md(dep.to_markdown(index=False)),
         "state_invariant": ", ".join(m["state_invariant"]) or "(none)",
         "chunks": len(m["chunks"]), "chunk_seconds": dg.MetadataValue.json(m["chunk_seconds"]),
-        "base_seconds": m["base_seconds"], "stacked_seconds": m["stacked_seconds"],
+        "trace_seconds": m["trace_seconds"], "stacked_seconds": m["stacked_seconds"],
         "total_seconds": m["total_seconds"],
         "takeup_inputs_forced_true": ", ".join(m["takeup_inputs_forced_true"]) or "(none)",
         "sha256": digest,

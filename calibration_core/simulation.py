@@ -4,16 +4,16 @@ The calibration matrix needs, for each clone-household, the values its household
 the state its clone was placed in. Instead of the reference pipeline's loop of 51 full
 simulations (one per state, every variable recomputed in each), :func:`simulate_states`
 
-1. runs one traced *base* simulation of the households where they live, computing only the
-   variables the targets need (:func:`needed_variables`);
+1. runs one traced simulation of a small sample of the households (where they live; default
+   200 households), computing only the variables the targets need (:func:`needed_variables`);
 2. decides from the policyengine-us dependency graph recorded by that trace which of those
    variables cannot depend on the state (:func:`classify_state_dependence`): a variable is
    state-invariant when nothing it is computed from reads the household's geography
-   (``state_fips``, ``county_fips`` and what derives from them); those are taken from the base
-   simulation once;
-3. simulates only the state-dependent variables in *stacked* simulations: the households
-   replicated once per state (ids offset per copy, ``state_fips`` and a county of that state set
-   per copy), several states per simulation, in chunks that bound memory
+   (``state_fips``, ``county_fips`` and what derives from them); a formula the sample did not
+   run counts as state-dependent. Invariant variables are computed once (in the first chunk);
+3. simulates the state-dependent variables in *stacked* simulations: the households replicated
+   once per state (ids offset per copy, ``state_fips`` and a county of that state set per
+   copy), several states per simulation, in chunks that bound memory
    (``max_households_per_chunk``) and run in parallel worker processes.
 
 Take-up (spec §4.7): for the variables a take-up input gates (``snap``, ``medicaid_enrolled``,
@@ -52,6 +52,7 @@ GEO_ROOTS = frozenset({"state_fips", "county_fips", "county", "state_code", "sta
                        "congressional_district_geoid"})
 ALL_STATES = "*"
 STATE_ORDER: tuple[int, ...] = tuple(sorted(fips for _, fips, _, _ in STATES))
+DEFAULT_CHUNK_HOUSEHOLDS = 20_000
 
 
 class SimulationError(ValueError):
@@ -415,6 +416,13 @@ def simulate_chunk(tables: dict[str, pd.DataFrame], states: Sequence[int],
     return out
 
 
+def _warm_worker(_=None) -> int:
+    """Import policyengine-us in a pool worker while the base simulation runs."""
+    import policyengine_us  # noqa: F401
+
+    return os.getpid()
+
+
 def _chunk_task(args):
     path, states, variables, counties, year, forced_true = args
     from .h5_dataset import read_dataset
@@ -547,9 +555,10 @@ def simulate_states(
     county_table: pd.DataFrame,
     population: pd.Series | None = None,
     states: Sequence[int] = STATE_ORDER,
-    max_households_per_chunk: int = 20_000,
+    max_households_per_chunk: int = DEFAULT_CHUNK_HOUSEHOLDS,
     workers: int = 1,
     year: int = YEAR,
+    trace_households: int = 200,
     log: Callable[[str], None] = lambda msg: None,
 ) -> StateSimulations:
     """Simulate ``variables`` for every household of ``dataset_path`` in every state of ``states``.
@@ -564,6 +573,9 @@ def simulate_states(
         simulated are filled from the base simulation - only for tests).
     max_households_per_chunk : bound on households per stacked simulation (memory: ~150 kB each).
     workers : processes running chunks in parallel (1: in this process).
+    trace_households : households (evenly spaced by id) in the traced simulation that decides
+        which variables depend on the state; a formula the sample does not exercise counts as
+        state-dependent.
 
     Returns :class:`StateSimulations`.
     """
@@ -582,69 +594,112 @@ def simulate_states(
     forced = [(s.entity, s.input) for s in specs]
     counties = representative_counties(county_table, population)
 
-    # 1. traced base simulation, households where they live
-    t0 = time.time()
-    base_tables = stack_tables(tables, [None], None, forced)
-    sim = _microsimulation(base_tables, year)
+    chunks = plan_chunks(structure.n_households, list(states), max_households_per_chunk)
+    pool = None
+    if workers > 1 and len(chunks) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)),
+                                   mp_context=mp.get_context("spawn"))
+        for _ in range(min(workers, len(chunks))):
+            pool.submit(_warm_worker)  # workers import policyengine-us during the base run
+    try:
+        return _simulate(tables, structure, dataset_path, variables, specs, counties, chunks,
+                         states, pool, workers, year, log, t_start, trace_households)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def sample_tables(tables: dict[str, pd.DataFrame], n: int) -> dict[str, pd.DataFrame]:
+    """The households at ``n`` evenly spaced positions (by household id) with their persons and
+    group entities: a small, deterministic, varied sample for tracing."""
+    hh = tables["household"]
+    if len(hh) <= n:
+        return tables
+    ids = np.sort(hh["household_id"].to_numpy())
+    keep = ids[np.unique(np.linspace(0, len(ids) - 1, n).round().astype(int))]
+    person = tables["person"][tables["person"]["person_household_id"].isin(keep)]
+    out = {"person": person, "household": hh[hh["household_id"].isin(keep)]}
+    for e in ENTITIES[2:]:
+        df = tables[e]
+        out[e] = df[df[f"{e}_id"].isin(person[f"person_{e}_id"])]
+    return {e: out[e].reset_index(drop=True) for e in ENTITIES}
+
+
+def trace_dependence(tables: dict[str, pd.DataFrame], variables: Sequence[str],
+                     forced: Sequence[tuple[str, str]] = (), year: int = YEAR
+                     ) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Run a traced simulation of ``tables`` (households where they live) computing
+    ``variables``; return (:func:`classify_state_dependence` result, variable -> entity)."""
+    sim = _microsimulation(stack_tables(tables, [None], None, forced), year)
     entity = variable_entities(sim.tax_benefit_system, variables)
     sim.trace = True
-    base_values = {v: _as_plain(sim.calculate(v, year, use_weights=False)) for v in variables}
+    for v in variables:
+        sim.calculate(v, year, use_weights=False)
     edges, unexplored = _trace_graph(sim)
     gates = _state_gates(sim.tax_benefit_system)
     del sim
-    dependence = classify_state_dependence(variables, edges, gates, unexplored)
+    return classify_state_dependence(variables, edges, gates, unexplored), entity
+
+
+def _simulate(tables, structure, dataset_path, variables, specs, counties, chunks, states, pool,
+              workers, year, log, t_start, trace_households) -> StateSimulations:
+    forced = [(s.entity, s.input) for s in specs]
+    # 1. dependency graph from a traced simulation of a sample of the households
+    t0 = time.time()
+    sample = sample_tables(tables, trace_households)
+    dependence, entity = trace_dependence(sample, variables, forced, year)
     dependent = [v for v in variables if dependence[v]]
-    invariant = {v: base_values[v] for v in variables if not dependence[v]}
+    invariant_vars = [v for v in variables if not dependence[v]]
     t_base = time.time() - t0
-    log(f"base simulation of {structure.n_households} households: {t_base:.1f} s; "
-        f"{len(invariant)} state-invariant, {len(dependent)} state-dependent variables")
+    log(f"traced {len(sample['household'])} households in {t_base:.1f} s: "
+        f"{len(invariant_vars)} state-invariant {invariant_vars}, {len(dependent)} "
+        f"state-dependent {dependent}")
 
-    # 2. stacked simulations of the state-dependent variables
-    chunks = plan_chunks(structure.n_households, list(states), max_households_per_chunk)
-    by_state = {v: np.empty((len(STATE_ORDER), len(base_values[v])), dtype=base_values[v].dtype
-                            if base_values[v].dtype.kind != "U" else object)
-                for v in dependent}
-    filled = np.zeros(len(STATE_ORDER), dtype=bool)
-    row_of = {s: i for i, s in enumerate(STATE_ORDER)}
-    chunk_times = []
+    # 2. stacked simulations: dependent variables in every chunk, invariant ones in the first
     t1 = time.time()
-    if dependent:
-        tasks = [(str(dataset_path), c, dependent, counties, year, forced) for c in chunks]
-        if workers <= 1 or len(chunks) == 1:
-            results = (_run_local(tables, t) for t in tasks)
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)),
-                                       mp_context=mp.get_context("spawn"))
-            results = pool.map(_chunk_task, tasks)
-        try:
-            for chunk_states, values, seconds, pid in results:
-                rows = [row_of[s] for s in chunk_states]
-                for v in dependent:
-                    by_state[v][rows] = values[v]
-                filled[rows] = True
-                chunk_times.append(round(seconds, 2))
-                log(f"chunk of {len(chunk_states)} states x {structure.n_households} households:"
-                    f" {seconds:.1f} s (pid {pid})")
-        finally:
-            if workers > 1 and len(chunks) > 1:
-                pool.shutdown()
-    for v in dependent:  # states not simulated (tests only): the base values
-        if not filled.all():
-            by_state[v][~filled] = base_values[v]
-        if by_state[v].dtype == object:
-            by_state[v] = by_state[v].astype(str)
+    tasks = [(str(dataset_path), c, dependent + (invariant_vars if i == 0 else []), counties,
+              year, forced) for i, c in enumerate(chunks)]
+    results = ((_run_local(tables, t) for t in tasks) if pool is None
+               else pool.map(_chunk_task, tasks))
+    row_of = {s: i for i, s in enumerate(STATE_ORDER)}
+    parts: dict[str, list] = {v: [] for v in dependent}
+    rows_done: list[int] = []
+    invariant: dict[str, np.ndarray] = {}
+    chunk_times = []
+    for chunk_states, values, seconds, pid in results:
+        rows_done += [row_of[s] for s in chunk_states]
+        for v in dependent:
+            parts[v].append(values[v])
+        for v in invariant_vars:
+            if v in values:
+                invariant[v] = values[v][0]
+        chunk_times.append(round(seconds, 2))
+        log(f"chunk of {len(chunk_states)} states x {structure.n_households} households: "
+            f"{seconds:.1f} s (pid {pid})")
+    by_state = {}
+    order = np.asarray(rows_done)
+    for v in dependent:
+        stacked = np.concatenate(parts[v], axis=0)
+        full = np.empty((len(STATE_ORDER),) + stacked.shape[1:], dtype=stacked.dtype)
+        full[order] = stacked
+        missing = np.setdiff1d(np.arange(len(STATE_ORDER)), order)
+        if len(missing):  # states not simulated (tests, sampled benches): first simulated state
+            full[missing] = stacked[0]
+        by_state[v] = full
     t_stack = time.time() - t1
 
     meta = {
         "n_households": structure.n_households,
         "n_persons": len(structure.ids["person"]),
-        "variables": variables, "state_invariant": sorted(invariant), "state_dependent": dependent,
+        "variables": list(variables), "state_invariant": invariant_vars,
+        "state_dependent": dependent,
         "states_simulated": sorted(int(s) for s in states),
         "chunks": [[int(s) for s in c] for c in chunks], "chunk_seconds": chunk_times,
-        "workers": int(workers), "base_seconds": round(t_base, 2),
+        "workers": int(workers), "trace_households": int(len(sample["household"])),
+        "trace_seconds": round(t_base, 2),
         "stacked_seconds": round(t_stack, 2), "total_seconds": round(time.time() - t_start, 2),
         "representative_county": {STATE_ABBR[s]: c for s, c in sorted(counties.items())},
         "takeup_inputs_forced_true": [s.input for s in specs],

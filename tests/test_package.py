@@ -255,3 +255,50 @@ def test_tiny_preset_package_with_population_check(real_raw_dir):
     check = pkg.national_population_check(package)
     assert abs(check["relative_error"]) < 0.10
     assert package.metadata["targets_by_level"]["national"] >= 3
+
+
+@pytest.mark.slow
+def test_assets_materialize_through_dagster(real_raw_dir, tmp_path):
+    """state_simulations -> geography_assignment -> calibration_package (+ checks) through
+    Dagster on a few synthetic households, the real targets DB and the real county table."""
+    import shutil
+
+    import dagster as dg
+
+    import assets.package as ap
+    from calibration_core.h5_dataset import write_dataset
+    from calibration_core.targets_db import build_targets_db, read_targets
+    from resources.settings import BuildSettings
+    from resources.store import ArtifactStore
+
+    store = ArtifactStore(root=str(tmp_path))
+    shutil.copy(real_raw_dir / "county_cd_distributions.csv", store.raw_dir)
+    build_targets_db(real_raw_dir, store.path("targets", "targets.db"))
+    tables = synthetic_tables(12, seed=21, states=(6, 48))
+    # weights summing to the national population target, so the population check can pass
+    t = read_targets(store.path("targets", "targets.db"))
+    national = t[(t.geo_level == "national") & (t.variable == "person_count")
+                 & (t.domain == "age")]["value"].sum()
+    persons = tables["person"].groupby("person_household_id").size().to_numpy()
+    hh = tables["household"]
+    hh["household_weight"] = national / persons.sum()
+    write_dataset(store.path("microdata", "stratified_2024.h5"), tables, 2024)
+    result = dg.materialize(
+        [dg.AssetSpec("stratified_microdata"), dg.AssetSpec("targets_db"),
+         dg.AssetSpec("raw_public_inputs"), ap.state_simulations, ap.geography_assignment,
+         ap.calibration_package, ap.calibration_package_unachievable,
+         ap.calibration_package_population],
+        resources={"store": store, "settings": BuildSettings(preset="tiny", clones=3)},
+        run_config={"ops": {"state_simulations": {"config": {"workers": 1}}}},
+        instance=dg.DagsterInstance.ephemeral(),
+        selection=["state_simulations", "geography_assignment", "calibration_package"],
+    )
+    assert result.success
+    package = load_package(tmp_path / "calibration" / "package")
+    assert package.matrix.shape[1] == 12 * 3
+    assert package.metadata["unachievable_count"] > 0  # 12 households cannot reach 436 districts
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"calibration_package_unachievable": True,
+                      "calibration_package_population": True}
+    meta = result.asset_materializations_for_node("calibration_package")[0].metadata
+    assert meta["unachievable_count"].value == package.metadata["unachievable_count"]

@@ -1,0 +1,162 @@
+"""Bench: ``state_simulations`` against the reference pipeline's way, and matrix assembly.
+
+For the same households (default: 1,000 and the demo preset's 3,000, stratified from the real
+CPS file) and the same variables (those the targets DB needs), times
+
+* reference: one policyengine-us simulation per state, every needed variable computed in each
+  (one simulation reused across states with ``branches.clear()`` + ``drop_computed_arrays()``,
+  the fastest correct variant of spec/FEASIBILITY §6);
+* ours: :func:`calibration_core.simulation.simulate_states` - traced base simulation, state-
+  invariant variables once, the rest in stacked multi-state chunks (``--chunk`` households per
+  chunk) on ``--workers`` processes;
+* assembly: :func:`calibration_core.package.build_package` for the demo preset's clones.
+
+With ``--states K`` (< 51) both ways run on the same K states and the 51-state times are
+extrapolated (reference: first state + mean of the others x 50; ours: base simulation + stacked
+time x 51 / K) - the table says so. The CPU may be shared: the table prints the load average.
+
+    python bench/bench_state_simulations.py --raw RAW_DIR --db targets.db [--n 1000 3000]
+        [--states 8] [--chunk 4000] [--workers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from calibration_core import geography as geo_mod  # noqa: E402
+from calibration_core import package as pkg  # noqa: E402
+from calibration_core import simulation as simu  # noqa: E402
+from calibration_core import targets_db as tdb  # noqa: E402
+from calibration_core.h5_dataset import read_dataset, write_dataset  # noqa: E402
+from calibration_core.presets import get_preset  # noqa: E402
+
+# a spread of cheap and expensive states (NY is the costliest in spec/FEASIBILITY §6)
+SAMPLE_ORDER = (36, 6, 48, 2, 12, 17, 42, 30, 51, 37, 55, 8, 11, 39, 26, 13)
+
+
+def make_dataset(raw: Path, n: int, out: Path) -> Path:
+    from calibration_core import microdata as md
+
+    source = md.load_cps_source(raw, 2024, "auto")
+    tables, _ = md.build_base_tables(source, raw, 2024, benchmark=True)
+    strat, _ = md.stratify_tables(tables, n, get_preset("demo").top_agi_percentile, 20240101)
+    return write_dataset(out, strat, 2024)
+
+
+def reference_loop(path: Path, variables, states, counties) -> dict:
+    """One reused simulation, one state after another (spec §4.4 / FEASIBILITY §6)."""
+    tables, _ = read_dataset(path)
+    specs = simu.takeup_specs_for(variables)
+    forced = [(s.entity, s.input) for s in specs]
+    t0 = time.perf_counter()
+    sim = simu._microsimulation(simu.stack_tables(tables, [states[0]], counties, forced), 2024)
+    n = len(tables["household"])
+    per_state = []
+    for state in states:
+        t = time.perf_counter()
+        sim.set_input("state_fips", 2024, np.full(n, state))
+        sim.set_input("county_fips", 2024, np.full(n, counties[state]))
+        sim.branches.clear()
+        sim.drop_computed_arrays()
+        for v in variables:
+            sim.calculate(v, 2024, use_weights=False)
+        per_state.append(time.perf_counter() - t)
+    return {"seconds": time.perf_counter() - t0, "per_state": per_state}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--raw", type=Path, required=True, help="raw folder (raw_public_inputs)")
+    ap.add_argument("--db", type=Path, required=True, help="targets.db")
+    ap.add_argument("--n", type=int, nargs="+", default=[1000, 3000])
+    ap.add_argument("--states", type=int, default=51, help="states timed (51 = all)")
+    ap.add_argument("--chunk", type=int, default=simu.DEFAULT_CHUNK_HOUSEHOLDS)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--work", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_sims_"))
+    work.mkdir(parents=True, exist_ok=True)
+    targets = tdb.read_targets(args.db)
+    constraints = tdb.read_constraints(args.db)
+    variables = simu.needed_variables(targets, constraints)
+    county = geo_mod.load_county_table(args.raw / geo_mod.COUNTY_TABLE_FILE)
+    population = geo_mod.district_population(targets)
+    counties = simu.representative_counties(county, population)
+    if args.states >= 51:
+        states = list(simu.STATE_ORDER)
+    else:
+        states = sorted(SAMPLE_ORDER[: args.states])
+    rows = []
+    for n in args.n:
+        path = work / f"households_{n}.h5"
+        if not path.exists():
+            make_dataset(args.raw, n, path)
+        print(f"[{n}] ours: simulate_states, {len(states)} states, chunk {args.chunk}, "
+              f"{args.workers} workers", flush=True)
+        t = time.perf_counter()
+        sims = simu.simulate_states(path, variables, county, population, states=states,
+                                    max_households_per_chunk=args.chunk, workers=args.workers,
+                                    log=lambda m: print("   ", m, flush=True))
+        ours_wall = time.perf_counter() - t
+        m = sims.metadata
+        scale = 51 / len(states)
+        ours_51 = m["trace_seconds"] + m["stacked_seconds"] * scale
+        ours_cpu_51 = m["trace_seconds"] + sum(m["chunk_seconds"]) * scale
+        ref_51 = float("nan")
+        ref_measured = float("nan")
+        if not args.skip_reference:
+            print(f"[{n}] reference: one simulation per state, {len(states)} states", flush=True)
+            ref = reference_loop(path, variables, states, counties)
+            ref_measured = ref["seconds"]
+            ps = ref["per_state"]
+            ref_51 = ps[0] + (np.mean(ps[1:]) if len(ps) > 1 else ps[0]) * 50
+            print(f"    per state: {np.round(ps, 1).tolist()}", flush=True)
+        # assembly for the demo preset's clones
+        preset = get_preset("demo")
+        agi_mass, _ = geo_mod.district_agi(targets, population)
+        geo = geo_mod.assign_geography(sims.structure.ids["household"],
+                                       sims.household_total("adjusted_gross_income"),
+                                       preset.clones, county, population, agi_mass)
+        tables, _ = read_dataset(path)
+        t = time.perf_counter()
+        package = pkg.build_package(targets, constraints, sims, geo,
+                                    tables["household"]["household_weight"].to_numpy(),
+                                    pkg.load_target_config())
+        build = time.perf_counter() - t
+        rows.append({
+            "households": n, "states timed": len(states),
+            "reference s (51 states)": round(ref_51, 1),
+            "ours wall s (51 states)": round(ours_51, 1),
+            "ours cpu s (51 states)": round(ours_cpu_51, 1),
+            "speed-up wall": round(ref_51 / ours_51, 2),
+            "speed-up cpu": round(ref_51 / ours_cpu_51, 2),
+            "measured: ours wall s": round(ours_wall, 1),
+            "measured: reference s": round(ref_measured, 1),
+            "package": f"{package.n_targets} x {package.n_columns}",
+            "nnz": package.matrix.nnz, "assembly s": package.metadata["assembly_seconds"],
+            "package build s": round(build, 2),
+        })
+        print(f"    invariant: {m['state_invariant']}; dependent: {m['state_dependent']}")
+    table = pd.DataFrame(rows)
+    print()
+    print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs (shared with other work);"
+          f" chunk = {args.chunk} households, workers = {args.workers}")
+    if len(states) < 51:
+        print(f"states timed: {states}; 51-state times extrapolated (reference: first state + "
+              "mean of the rest x 50; ours: trace + stacked x 51/K)")
+    print(table.T.to_string(header=False))
+
+
+if __name__ == "__main__":
+    main()
