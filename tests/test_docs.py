@@ -15,7 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 INTERNALS = ROOT / "docs" / "internals"
 WALKTHROUGHS = sorted(INTERNALS.glob("[0-9][0-9]_*.py"))
-STAGES = ("01_targets_db", "02_microdata", "06_orchestration")
+STAGES = ("01_targets_db", "02_microdata", "03_package", "04_fit", "05_areas",
+          "06_orchestration")
 MAX_LINE = 100
 
 
