@@ -155,9 +155,9 @@ _walk.show(pd.concat([groups.drop_duplicates("entity"),
 again = h5_dataset.write_dataset(OUT / "again.h5", strat, 2024)
 print("same tables -> byte-identical file:", sha256_file(h5) == sha256_file(again))
 back, year = h5_dataset.read_dataset(h5)
+same = np.allclose(back["household"]["household_weight"], strat["household"]["household_weight"])
 print(f"read back: year {year}, households {len(back['household'])}, persons "
-      f"{len(back['person'])}; weights equal: "
-      f"{np.allclose(back['household']['household_weight'], strat['household']['household_weight'])}")
+      f"{len(back['person'])}; weights equal: {same}")
 print("Load it with: policyengine_us.Microsimulation(dataset=" + json.dumps(str(h5)) + ")")
 
 _walk.done()

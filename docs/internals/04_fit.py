@@ -40,8 +40,9 @@ _walk.section("1. A package to fit")
 package = synthetic_package(n_targets=400, n_columns=5000, nnz_per_column=4, seed=0)
 pkg_dir = save_package(package, OUT / "package")
 t = package.targets
-print(f"X {package.matrix.shape}, nnz {package.matrix.nnz}; targets: {int(package.fit_mask().sum())}"
-      f" fitted, {int(t.holdout.sum())} hold-out, {int((~t.achievable).sum())} unachievable")
+print(f"X {package.matrix.shape}, nnz {package.matrix.nnz}; targets: "
+      f"{int(package.fit_mask().sum())} fitted, {int(t.holdout.sum())} hold-out, "
+      f"{int((~t.achievable).sum())} unachievable")
 _walk.show(t.head(5))
 
 # ---------------------------------------------------------------------------------------------
@@ -126,8 +127,9 @@ try:
 except KeyboardInterrupt as exc:
     print(exc)
 resumed = fit.run_fit(pkg_dir, OUT / "resumed", hp, device="cpu", threads=1)
+same = resumed.summary["weights_sha256"] == results["national"].summary["weights_sha256"]
 print(f"resumed from epoch {resumed.timing['resumed_from_epoch']}; weights identical to the "
-      f"uninterrupted fit: {resumed.summary['weights_sha256'] == results['national'].summary['weights_sha256']}")
+      f"uninterrupted fit: {same}")
 other = fit.fit_preset("national", epochs=EPOCHS, lambda_l0=1e-3)
 try:
     fit.run_fit(pkg_dir, OUT / "resumed", other, device="cpu", threads=1)

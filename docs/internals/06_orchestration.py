@@ -1,5 +1,5 @@
-"""Walk-through 6: orchestration (``definitions.py``, ``jobs/``, ``sensors/``, ``assets/release.py``,
-``calibration_core.release``).
+"""Walk-through 6: orchestration (``definitions.py``, ``jobs/``, ``sensors/``,
+``assets/release.py``, ``calibration_core.release``).
 
 Run: ``python docs/internals/06_orchestration.py`` (about 40 s; toy inputs, no network).
 
@@ -147,8 +147,9 @@ with dg.DagsterInstance.ephemeral() as instance:
     def describe(tick):
         if tick.run_requests:
             r = tick.run_requests[0]
-            return (f"RunRequest {r.run_key} for build_all, tags "
-                    f"{ {k: v for k, v in r.tags.items() if k.startswith(('dagster/asset', 'areacal'))} }")
+            tags = {k: v for k, v in r.tags.items()
+                    if k.startswith(("dagster/asset", "areacal"))}
+            return f"RunRequest {r.run_key} for build_all, tags {tags}"
         return f"skip: {tick.skip_message}"
 
     # The store's raw/manifest.json was last written by the failed run of section 3 (with the

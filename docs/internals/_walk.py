@@ -1,11 +1,14 @@
 """Small helpers shared by the walk-throughs: the repository on ``sys.path``, an output folder,
 section headings, tables and plots. Nothing here computes anything of the pipeline.
 
-``AREACAL_DOCS_OUT``: folder for the PNG plots and toy files (default: a new temporary folder).
+``AREACAL_DOCS_OUT``: folder for the PNG plots and toy files (default: ``areacal-docs`` in the
+system's temporary folder). Each walk-through empties its own sub-folder when it starts, so
+repeated runs do not pile up files.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -19,13 +22,14 @@ _START = time.perf_counter()
 
 
 def out_dir(name: str) -> Path:
-    """``$AREACAL_DOCS_OUT/<name>`` (created), or a fresh temporary folder."""
-    base = os.environ.get("AREACAL_DOCS_OUT")
-    if base:
-        path = Path(base) / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    return Path(tempfile.mkdtemp(prefix=f"areacal-{name}-"))
+    """``$AREACAL_DOCS_OUT/<name>`` (default ``<tmp>/areacal-docs/<name>``), emptied."""
+    base = Path(os.environ.get("AREACAL_DOCS_OUT") or Path(tempfile.gettempdir()) / "areacal-docs")
+    path = base / name
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    print(f"output folder: {path}")
+    return path
 
 
 def section(title: str) -> None:
