@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import operator
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import pandas as pd

@@ -416,11 +416,16 @@ def simulate_chunk(tables: dict[str, pd.DataFrame], states: Sequence[int],
     return out
 
 
-def _warm_worker(_=None) -> int:
-    """Import policyengine-us in a pool worker while the base simulation runs."""
-    import policyengine_us  # noqa: F401
+def _warm_worker(args) -> tuple[int, float]:
+    """Pay a worker's one-off policyengine-us costs (import, parameter and formula caches) on a
+    few households while the trace runs: (pid, seconds)."""
+    path, variables, state, counties, year, forced = args
+    t0 = time.time()
+    from .h5_dataset import read_dataset
 
-    return os.getpid()
+    tables, _ = read_dataset(path)
+    simulate_chunk(sample_tables(tables, 5), [state], variables, counties, year, forced)
+    return os.getpid(), time.time() - t0
 
 
 def _chunk_task(args):
@@ -602,11 +607,15 @@ def simulate_states(
 
         pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)),
                                    mp_context=mp.get_context("spawn"))
-        for _ in range(min(workers, len(chunks))):
-            pool.submit(_warm_worker)  # workers import policyengine-us during the base run
+        forced = [(sp.entity, sp.input) for sp in specs]
+        warm_args = (str(dataset_path), list(variables), chunks[0][0], counties, year, forced)
+        warm = [pool.submit(_warm_worker, warm_args) for _ in range(min(workers, len(chunks)))]
     try:
-        return _simulate(tables, structure, dataset_path, variables, specs, counties, chunks,
-                         states, pool, workers, year, log, t_start, trace_households)
+        result = _simulate(tables, structure, dataset_path, variables, specs, counties, chunks,
+                           states, pool, workers, year, log, t_start, trace_households)
+        if pool is not None:
+            result.metadata["worker_warmup_seconds"] = [round(f.result()[1], 2) for f in warm]
+        return result
     finally:
         if pool is not None:
             pool.shutdown()

@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from calibration_core.areas import STATES, district_geoids
-
 # one real county per state (FIPS), so SPM geography resolves in policyengine-us
 STATE_COUNTY = {6: "06037", 48: "48201", 36: "36061", 12: "12086", 17: "17031", 53: "53033",
                 11: "11001", 2: "02020", 28: "28049", 50: "50007"}

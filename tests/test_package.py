@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from calibration_core import package as pkg
-from calibration_core.areas import STATE_ABBR, district_geoids
+from calibration_core.areas import district_geoids
 from calibration_core.geography import GeographyAssignment, assign_geography
 from calibration_core.package_io import load_package, save_package
 from calibration_core.simulation import (STATE_ORDER, StateSimulations, Structure, TAKEUP,
@@ -233,7 +233,7 @@ def test_bad_inputs_raise_clearly(setup):
 def test_tiny_preset_package_with_population_check(real_raw_dir):
     """tiny preset (300 households x 4 clones), real county table, population-proportional
     geography; with initial weights the national population lands near its target."""
-    from calibration_core.geography import district_population, load_county_table
+    from calibration_core.geography import load_county_table
     from calibration_core.presets import get_preset
 
     preset = get_preset("tiny")
