@@ -68,6 +68,7 @@ PLOT_FILE = "fit_plot.png"
 SUMMARY_FILE = "fit_summary.json"
 TIMING_FILE = "timing.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+SINGLE_THREAD_NNZ = 1 << 24  # below this many non-zeros the fit runs on one CPU thread
 
 ProgressCallback = Callable[[dict], None]
 
@@ -421,7 +422,10 @@ def run_fit(
     resume : continue from ``checkpoint_path`` when it exists. A checkpoint of another package,
         target set, hyper-parameters or device type raises :class:`CheckpointMismatchError`.
     device : ``auto`` | ``cpu`` | ``cuda[:n]``.
-    threads : torch intra-op threads for this call (None: torch's default).
+    threads : torch intra-op threads for this call. None: 1 for matrices under
+        ``SINGLE_THREAD_NNZ`` non-zeros (there a second thread costs more in synchronisation than
+        it gains, and on a busy machine far more), else torch's default (the core count).
+        Results are bit-identical for a given thread count.
     progress : called with a dict at every log interval (``event="epoch"``), after every
         checkpoint (``event="checkpoint"``), when a checkpoint is discarded
         (``event="checkpoint_discarded"``) and at the end (``event="done"``). An exception it
@@ -444,11 +448,11 @@ def run_fit(
     dev = resolve_device(device)
     notify = progress or (lambda event: None)
     previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
     try:
         t0 = time.perf_counter()
         package = load_package(package_dir)
+        if threads or package.matrix.nnz < SINGLE_THREAD_NNZ:
+            torch.set_num_threads(int(threads or 1))
         problem = FitProblem.from_package(package, package_fingerprint(package_dir),
                                           source=str(package_dir))
         signature = _signature(problem, hp, dev)
@@ -529,8 +533,7 @@ def run_fit(
             "epochs", "final_loss", "mean_abs_rel_error", "active_records")}, **timing})
         return result
     finally:
-        if threads:
-            torch.set_num_threads(previous_threads)
+        torch.set_num_threads(previous_threads)
 
 
 def _write_outputs(out_dir: Path, problem: FitProblem, hp: FitHyperParameters, state: _L0State,

@@ -8,9 +8,11 @@ One interface, two mechanisms (DAGSTER_GUIDE §3.7):
   calls the same ``run_fit`` and streams progress back as Dagster log messages. The default
   client is a :class:`dagster.PipesSubprocessClient` on this machine. A remote GPU is a
   configuration change: give ``pipes_client`` a ``dagster_k8s.PipesK8sClient`` and
-  ``pipes_run_options={"image": ..., "base_pod_spec": {... "nvidia.com/gpu": 1 ...}}`` (or a
-  Modal / Databricks / ECS Pipes client). The remote side must see the artifact store at the same
-  path (a shared volume), because only paths cross the Pipes boundary, never arrays.
+  ``pipes_run_options={"image": ..., "base_pod_spec": {... "nvidia.com/gpu": 1 ...}}``, or a
+  ``dagster_modal.ModalClient`` and ``pipes_run_options={"func_ref": "<modal app file>"}`` whose
+  GPU function calls ``resources.pipes_fit_entry.main()``. The remote side must see the
+  artifact store at the same path (a shared volume), because only paths cross the Pipes
+  boundary, never arrays.
 
 Both modes write the same files (``weights.npy``, ``diagnostics.csv``, ``epochs.csv``,
 ``fit_plot.png``, ``fit_summary.json``, ``timing.json``, ``checkpoint.pt``) and give the same
@@ -18,6 +20,7 @@ weights for the same inputs, device type and thread count.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -104,5 +107,9 @@ class WeightFitter(dg.ConfigurableResource):
             "device": self.device, "threads": self.threads or None, "resume": resume,
             "on_checkpoint_mismatch": on_mismatch,
         }
-        self.pipes_client.run(context=context, command=command, extras=extras,
-                              **dict(self.pipes_run_options))
+        options = dict(self.pipes_run_options)
+        if "command" in inspect.signature(self.pipes_client.run).parameters:
+            options.setdefault("command", command)  # subprocess, Kubernetes, Docker clients
+        # clients without a command (e.g. dagster_modal.ModalClient: func_ref=...) take theirs
+        # from pipes_run_options and run resources.pipes_fit_entry.main() remotely
+        self.pipes_client.run(context=context, extras=extras, **options)
