@@ -170,7 +170,9 @@ def calibration_package(context: dg.AssetExecutionContext, config: PackageConfig
            "stratified_microdata": sha256_file(store.path(*MICRODATA)),
            "state_simulations": sha256_file(store.path(*SIMULATIONS)),
            "geography_assignment": sha256_file(store.path(*GEOGRAPHY)),
-           "target_config": sha256_file(config_path)}
+           "target_config": sha256_file(config_path),
+           "county_cd_distributions": sha256_file(raw_path(store.raw_dir,
+                                                           geo_mod.COUNTY_TABLE_FILE))}
     package = pkg.build_package(targets, constraints, sims, geo, weights, target_config,
                                 input_sha256=sha, year=YEAR, log=context.log.info)
     package.metadata["target_config_path"] = config_path
