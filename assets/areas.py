@@ -60,6 +60,7 @@ class AreaConfig(dg.Config):
 class ValidationConfig(dg.Config):
     areas: Optional[str] = None  # "all" | "sample"; None: the preset's validation_areas
     max_households_per_simulation: int = 150_000
+    states_per_simulation: int = 8  # policyengine-us's cost grows with households x states
 
 
 def _md(frame: pd.DataFrame, index: bool = False) -> dg.MetadataValue:
@@ -281,7 +282,8 @@ def national_dataset(context: dg.AssetExecutionContext, config: AreaConfig,
         "preset says so) and the national file, every target of its geography (in-sample and "
         "hold-out): target, the total policyengine-us computes from the file, X·w, errors and "
         "sanity ceilings (`areas/validation/validation_results.csv`, `summary.json`). The files "
-        "are read into one stacked simulation (ids offset per file), not one per file."
+        "are stacked into a few simulations of several files each (ids offset per file; a few "
+        "states per simulation, the national file split by state), not one per file."
     ),
 )
 def validation_report(context: dg.AssetExecutionContext, config: ValidationConfig,
@@ -318,7 +320,7 @@ def validation_report(context: dg.AssetExecutionContext, config: ValidationConfi
         area_set, package.targets, package.matrix,
         [inputs.weights.reshape(-1), national_w.reshape(-1)], inputs.geo.n_records, YEAR,
         max_households_per_simulation=config.max_households_per_simulation,
-        log=context.log.info)
+        states_per_simulation=config.states_per_simulation, log=context.log.info)
     summary = val.summarize(report)
     csv_path = store.path(*REPORT_CSV)
     with atomic_path(csv_path, suffix=".csv") as tmp:

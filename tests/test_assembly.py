@@ -265,8 +265,13 @@ def test_validation_reproduces_xw(setup, monkeypatch):
 
     monkeypatch.setattr(val, "simulate_areas", fake_simulate)
     report = val.validate_areas(area_set, targets, matrix, [w], geo.n_records, 2024)
-    assert calls == [len(keys) + 1]  # one stacked simulation for every file
+    assert len(calls) == 1  # one stacked simulation for every file (4 states here)
     assert report["consistent"].all(), report.loc[~report["consistent"]].head()
+    # a few states per simulation (the national file split by state): the same totals
+    per_state = val.validate_areas(area_set, targets, matrix, [w], geo.n_records, 2024,
+                                   states_per_simulation=1)
+    assert len(calls) == 1 + 4
+    np.testing.assert_allclose(per_state["sim_value"], report["sim_value"], rtol=1e-12)
     assert (report["xw_value"] > 0).any()
     # NYC is scored on its share of each district it overlaps
     nyc = report[report["area"] == "city-NYC"]
