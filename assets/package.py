@@ -42,7 +42,7 @@ def _inputs(store: ArtifactStore):
 
 class StateSimulationsConfig(dg.Config):
     workers: int = 2  # processes running stacked chunks in parallel
-    max_households_per_chunk: int = 20_000  # bounds memory (~150 kB per simulated household)
+    max_households_per_chunk: int = simu.DEFAULT_CHUNK_HOUSEHOLDS  # bounds memory per worker
 
 
 class GeographyConfig(dg.Config):

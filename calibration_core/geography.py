@@ -22,6 +22,7 @@ no Python loop runs over households or clones (only over the redraw rounds).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -336,14 +337,16 @@ def assign_geography(
 
 def save_geography(geo: GeographyAssignment, path: str | os.PathLike) -> Path:
     """Write the assignment as a compressed npz (no pickle): keys household_id, district_geoid,
-    county_fips (U5), state_fips, top_agi, n_records, n_clones."""
+    county_fips (U5), state_fips, top_agi, n_records, n_clones, meta_json (uint8 JSON bytes)."""
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as handle:
             np.savez_compressed(
                 handle, household_id=geo.household_id, district_geoid=geo.district_geoid,
                 county_fips=geo.county_fips.astype("U5"), state_fips=geo.state_fips,
                 top_agi=geo.top_agi, n_records=np.int64(geo.n_records),
-                n_clones=np.int64(geo.n_clones))
+                n_clones=np.int64(geo.n_clones),
+                meta_json=np.frombuffer(json.dumps(geo.metadata, sort_keys=True).encode(),
+                                        dtype=np.uint8))
     return Path(path)
 
 
@@ -356,8 +359,9 @@ def load_geography(path: str | os.PathLike) -> GeographyAssignment:
         missing = [k for k in need if k not in z.files]
         if missing:
             raise GeographyError(f"{path} lacks {missing}")
+        meta = (json.loads(z["meta_json"].tobytes().decode()) if "meta_json" in z.files else {})
         geo = GeographyAssignment(z["household_id"], z["district_geoid"], z["county_fips"],
-                                  z["state_fips"], z["top_agi"])
+                                  z["state_fips"], z["top_agi"], meta)
     if geo.district_geoid.shape != geo.state_fips.shape or geo.district_geoid.shape != \
             geo.county_fips.shape or geo.district_geoid.shape[1] != len(geo.household_id):
         raise GeographyError(f"{path}: inconsistent array shapes")

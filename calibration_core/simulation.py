@@ -52,7 +52,7 @@ GEO_ROOTS = frozenset({"state_fips", "county_fips", "county", "state_code", "sta
                        "congressional_district_geoid"})
 ALL_STATES = "*"
 STATE_ORDER: tuple[int, ...] = tuple(sorted(fips for _, fips, _, _ in STATES))
-DEFAULT_CHUNK_HOUSEHOLDS = 20_000
+DEFAULT_CHUNK_HOUSEHOLDS = 30_000
 
 
 class SimulationError(ValueError):
@@ -414,21 +414,43 @@ def _microsimulation(tables: dict[str, pd.DataFrame], year: int):
     return Microsimulation(dataset=dataset, dataset_end_year=year)
 
 
+# per process: stacked simulations kept for reuse, keyed by (dataset key, states per chunk)
+_SIM_CACHE: dict = {}
+
+
 def simulate_chunk(tables: dict[str, pd.DataFrame], states: Sequence[int],
                    variables: Sequence[str], counties: dict[int, str], year: int = YEAR,
-                   forced_true: Sequence[tuple[str, str]] = ()) -> dict[str, np.ndarray]:
+                   forced_true: Sequence[tuple[str, str]] = (), reuse_key=None
+                   ) -> dict[str, np.ndarray]:
     """One stacked simulation of the households copied into each of ``states``.
+
+    With ``reuse_key``, a simulation of the same shape built earlier in this process is reused:
+    its copies are moved to ``states`` (``state_fips``, ``county_fips``), its branches cleared
+    and its computed arrays dropped (spec/FEASIBILITY §6: all three are needed for exact
+    results), which saves building and warming a new simulation per chunk.
 
     Returns ``{variable: (len(states), n_entity) array}`` at each variable's own entity, rows in
     ``states`` order, columns in dataset order.
     """
-    stacked = stack_tables(tables, list(states), counties, forced_true)
-    sim = _microsimulation(stacked, year)
+    key = None if reuse_key is None else (reuse_key, len(states), tuple(forced_true), year)
+    sim = _SIM_CACHE.get(key) if key is not None else None
+    if sim is None:
+        stacked = stack_tables(tables, list(states), counties, forced_true)
+        sim = _microsimulation(stacked, year)
+        if key is not None:
+            _SIM_CACHE.clear()  # one kept simulation per process bounds memory
+            _SIM_CACHE[key] = sim
+    else:
+        n = len(tables["household"])
+        sim.set_input("state_fips", year, np.repeat(np.asarray(states, dtype=np.int64), n))
+        sim.set_input("county_fips", year, np.repeat(np.asarray([counties[int(x)]
+                                                                 for x in states]), n))
+        sim.branches.clear()
+        sim.drop_computed_arrays()
     out = {}
     for v in variables:
         values = _as_plain(sim.calculate(v, year, use_weights=False))
         out[v] = values.reshape(len(states), -1)
-    del sim
     return out
 
 
@@ -456,13 +478,19 @@ def _warm_worker(args) -> tuple[int, float]:
     return os.getpid(), time.time() - t0
 
 
+def _dataset_key(path) -> tuple:
+    st = os.stat(path)
+    return (str(path), st.st_mtime_ns, st.st_size)
+
+
 def _chunk_task(args):
     path, states, variables, counties, year, forced_true = args
     from .h5_dataset import read_dataset
 
     tables, _ = read_dataset(path)
     t0 = time.time()
-    values = simulate_chunk(tables, states, variables, counties, year, forced_true)
+    values = simulate_chunk(tables, states, variables, counties, year, forced_true,
+                            reuse_key=_dataset_key(path))
     return list(states), values, time.time() - t0, os.getpid()
 
 
@@ -648,6 +676,7 @@ def simulate_states(
             result.metadata["worker_warmup_seconds"] = [round(f.result()[1], 2) for f in warm]
         return result
     finally:
+        _SIM_CACHE.clear()
         if pool is not None:
             pool.shutdown()
 
@@ -756,7 +785,8 @@ def _simulate(tables, structure, dataset_path, variables, specs, counties, chunk
 
 
 def _run_local(tables, task):
-    _path, states, variables, counties, year, forced = task
+    path, states, variables, counties, year, forced = task
     t0 = time.time()
-    values = simulate_chunk(tables, states, variables, counties, year, forced)
+    values = simulate_chunk(tables, states, variables, counties, year, forced,
+                            reuse_key=_dataset_key(path))
     return list(states), values, time.time() - t0, os.getpid()

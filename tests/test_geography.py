@@ -157,5 +157,6 @@ def test_save_load_roundtrip_without_pickle(county_table, population, tmp_path):
     back = g.load_geography(path)
     np.testing.assert_array_equal(back.district_geoid, geo.district_geoid)
     np.testing.assert_array_equal(back.county_fips, geo.county_fips)
+    assert back.metadata == geo.metadata and back.metadata["n_clones"] == 3
     table = g.summarize(back, population)
     assert len(table) == 51 and set(table["state"]) == set(STATE_ABBR.values())
