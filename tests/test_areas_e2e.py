@@ -38,7 +38,12 @@ def test_tiny_preset_end_to_end(tmp_path, real_raw_dir):
     resources = {"store": store, "raw_inputs": DirectoryProvider(path=str(real_raw_dir)),
                  "settings": BuildSettings(preset="tiny"),
                  "fitter": WeightFitter(device="cpu", mode="in_process")}
-    run_config = {"ops": {"state_simulations": {"config": {"workers": 1}}}}
+    # the tiny preset's fits (300 households x 4 clones for 10k targets) are far from the fit
+    # quality bar that production builds must meet; this test is about the area stage
+    lenient = {"config": {"max_mean_abs_rel_error": 10.0}}
+    run_config = {"ops": {"state_simulations": {"config": {"workers": 1}},
+                          "regional_weights_fit_quality": lenient,
+                          "national_weights_fit_quality": lenient}}
     with dg.DagsterInstance.ephemeral() as instance:
         result = dg.materialize(defs, resources=resources, instance=instance,
                                 run_config=run_config, tags=ALL_AREAS_TAGS)
