@@ -1,9 +1,7 @@
-"""Run a selection of the graph in-process: unpartitioned assets first, then the area partitions.
+"""Run a selection of the graph in-process, in one run.
 
-Dagster cannot run unpartitioned assets and a 488-key partitioned asset in one un-keyed run, so
-the build is two runs on the same instance: the unpartitioned part, then one batched run over the
-partition range (the area assets take ``context.partition_keys`` and build them together, loading
-the base data once).
+When the selection holds the 488-key area asset, the run covers the whole partition range (the
+area assets take ``context.partition_keys`` and build them together, loading the base data once).
 """
 from __future__ import annotations
 
@@ -33,20 +31,14 @@ def materialize_graph(defs: dg.Definitions, instance: dg.DagsterInstance,
     unpartitioned, partitioned = split_selection(defs, selection)
     assets = list(defs.assets or [])
     resources = defs.resources or {}
-    ok = True
-    if unpartitioned:
-        result = dg.materialize(assets, selection=unpartitioned, instance=instance,
-                                resources=resources, raise_on_error=raise_on_error)
-        ok = result.success and all(e.passed for e in result.get_asset_check_evaluations())
-    if ok and partitioned:
+    tags = None
+    if partitioned:
+        # one run over the whole partition range: unpartitioned assets downstream of the areas
+        # (national_dataset, validation_report) then run after the area files exist
         graph = defs.resolve_asset_graph()
-        pdef = graph.get(partitioned[0]).partitions_def
-        keys = pdef.get_partition_keys()
+        keys = graph.get(partitioned[0]).partitions_def.get_partition_keys()
         start, end = partition_range or (keys[0], keys[-1])
-        result = dg.materialize(
-            assets, selection=partitioned, instance=instance, resources=resources,
-            raise_on_error=raise_on_error,
-            tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end},
-        )
-        ok = result.success and all(e.passed for e in result.get_asset_check_evaluations())
-    return ok
+        tags = {ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end}
+    result = dg.materialize(assets, selection=unpartitioned + partitioned, instance=instance,
+                            resources=resources, raise_on_error=raise_on_error, tags=tags)
+    return result.success and all(e.passed for e in result.get_asset_check_evaluations())
