@@ -73,11 +73,11 @@ _walk.show(pd.DataFrame([{
     "partitions": (len(n.partitions_def.get_partition_keys()) if n.partitions_def else ""),
     "executable": n.is_executable} for n in nodes]).sort_values(["group", "asset"]))
 unpartitioned, partitioned = split_selection(defs, "* and not group:release")
-print("\nA build (python -m jobs.build_cli) is two runs on one instance:")
-print("  run 1, unpartitioned:", [k.to_user_string() for k in unpartitioned])
-print("  run 2, one batched run over the partition range:",
+print("\nA build (python -m jobs.build_cli) is one run over the whole partition range:")
+print("  unpartitioned assets:", [k.to_user_string() for k in unpartitioned])
+print("  partitioned assets:",
       [k.to_user_string() for k in partitioned] or "(area assets not registered yet)")
-print("  run 2 tags:", ALL_AREAS_TAGS)
+print("  range tags:", ALL_AREAS_TAGS)
 print("A backfill of a few areas launches the rebuild_areas job over a range, e.g. tags",
       {k: v for k, v in zip(ALL_AREAS_TAGS, ("district-CA-01", "district-CA-52"))})
 jobs = pd.DataFrame([{"job": j.name, "description": (j.description or "").split(". ")[0]}
