@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Optional
 
 import dagster as dg
+
+from assets._metadata import markdown_table
 import numpy as np
 import pandas as pd
 from dagster._core.storage.tags import (
@@ -63,8 +65,7 @@ class ValidationConfig(dg.Config):
     states_per_simulation: int = 8  # policyengine-us's cost grows with households x states
 
 
-def _md(frame: pd.DataFrame, index: bool = False) -> dg.MetadataValue:
-    return dg.MetadataValue.md(frame.to_markdown(index=index))
+_md = markdown_table
 
 
 def area_path(store: ArtifactStore, key: str) -> Path:

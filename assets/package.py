@@ -9,6 +9,8 @@ import time
 from typing import Optional
 
 import dagster as dg
+
+from assets._metadata import markdown_table
 import numpy as np
 import pandas as pd
 
@@ -31,8 +33,7 @@ PACKAGE = ("calibration", "package")
 YEAR = 2024
 
 
-def _md(frame: pd.DataFrame, index: bool = False) -> dg.MetadataValue:
-    return dg.MetadataValue.md(frame.to_markdown(index=index))
+_md = markdown_table
 
 
 def _inputs(store: ArtifactStore):

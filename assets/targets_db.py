@@ -1,6 +1,8 @@
 """Group ``targets``: the SQLite database of administrative calibration targets, and its checks."""
 
 import dagster as dg
+
+from assets._metadata import markdown_table
 import pandas as pd
 
 from calibration_core import targets_db as tdb
@@ -9,8 +11,7 @@ from resources.store import ArtifactStore
 DB_PARTS = ("targets", "targets.db")
 
 
-def _md(frame: pd.DataFrame) -> dg.MetadataValue:
-    return dg.MetadataValue.md(frame.to_markdown(index=False))
+_md = markdown_table
 
 
 @dg.asset(
