@@ -28,7 +28,7 @@ from typing import Any
 
 import dagster as dg
 
-from calibration_core.fit import (SUMMARY_FILE, TIMING_FILE, FitHyperParameters,
+from calibration_core.fit import (SUMMARY_FILE, TIMING_FILE, FitHyperParameters, package_columns,
                                   fit_preset, format_progress, run_fit)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ class WeightFitter(dg.ConfigurableResource):
         logs what differs and starts afresh (the old checkpoint is replaced).
         """
         self.validate()
-        hp = fit_preset(preset, **overrides)
+        hp = fit_preset(preset, n_columns=package_columns(package_dir), **overrides)
         out_dir.mkdir(parents=True, exist_ok=True)
         context.log.info(f"fit {preset} ({self.mode}, device {self.device}): {hp}")
         if self.mode == "in_process":

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dagster_pipes import open_dagster_pipes
 
-from calibration_core.fit import fit_preset, format_progress, run_fit
+from calibration_core.fit import fit_preset, format_progress, package_columns, run_fit
 
 
 def main() -> None:
     with open_dagster_pipes() as pipes:
         extras = pipes.extras
-        hp = fit_preset(extras["preset"], **(extras.get("overrides") or {}))
+        hp = fit_preset(extras["preset"], n_columns=package_columns(extras["package"]),
+                        **(extras.get("overrides") or {}))
 
         def progress(event: dict) -> None:
             if event["event"] == "checkpoint_discarded":
