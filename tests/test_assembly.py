@@ -308,6 +308,12 @@ def test_sanity_ceilings():
                                  np.array(["person_count", "snap"]),
                                  np.array([2e6, 1e9]))
     assert list(status) == ["FAIL", "PASS"] and "ceiling" in reason[0]
+    # the real at-large Delaware district (ACS: 412,304 households, 1,029,328 persons) passes;
+    # the reference's 400,000-household ceiling failed it
+    status, _ = val._sanity(np.array(["district", "district"]),
+                            np.array(["household_count", "person_count"]),
+                            np.array([412_304.0, 1_029_328.0]))
+    assert list(status) == ["PASS", "PASS"]
 
 
 def test_area_datasets_asset_batch_and_single_partition(setup, tmp_path):
