@@ -26,7 +26,7 @@ def split_selection(defs: dg.Definitions, selection: str = "*"):
 
 def materialize_graph(defs: dg.Definitions, instance: dg.DagsterInstance,
                       selection: str = "*", partition_range: tuple[str, str] | None = None,
-                      raise_on_error: bool = False) -> bool:
+                      raise_on_error: bool = False, run_config: dict | None = None) -> bool:
     """Materialize ``selection`` (with its checks); returns True when every step and check passed."""
     unpartitioned, partitioned = split_selection(defs, selection)
     # the checks are separate definitions: without them a build would evaluate none and the
@@ -42,6 +42,7 @@ def materialize_graph(defs: dg.Definitions, instance: dg.DagsterInstance,
         start, end = partition_range or (keys[0], keys[-1])
         tags = {ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end}
     result = dg.materialize(assets, selection=unpartitioned + partitioned, instance=instance,
-                            resources=resources, raise_on_error=raise_on_error, tags=tags)
+                            resources=resources, raise_on_error=raise_on_error, tags=tags,
+                            run_config=run_config)
     evaluations = result.get_asset_check_evaluations()
     return result.success and all(e.passed for e in evaluations)

@@ -1,5 +1,7 @@
 """The ``tiny`` preset end to end through Dagster: every asset but the release, all 488 area
-partitions in one batched run, the blocking checks; then one district rebuilt alone.
+partitions in one batched run with the blocking checks (as ``python -m jobs.build_cli`` runs
+them); the ``stage_release`` and ``promote`` jobs and a verified published manifest; then one
+district rebuilt alone.
 
 One process imports policyengine-us (the state simulations run with ``workers=1``); the
 validation report's stacked simulation reuses it.
@@ -22,22 +24,30 @@ def test_tiny_preset_end_to_end(tmp_path, real_raw_dir):
     import assets.microdata
     import assets.package
     import assets.raw_inputs
+    import assets.release
     import assets.targets_db
+    from calibration_core import release as rel
     from calibration_core.areas import all_area_keys
     from calibration_core.io_utils import sha256_file
-    from jobs import ALL_AREAS_TAGS
+    from jobs import promote, stage_release
+    from jobs.partitioned import materialize_graph
     from resources.fitter import WeightFitter
+    from resources.publisher import LocalDirectoryPublisher
     from resources.raw_inputs import DirectoryProvider
     from resources.settings import BuildSettings
     from resources.store import ArtifactStore
 
     modules = [assets.raw_inputs, assets.targets_db, assets.microdata, assets.package,
-               assets.fit, areas]
-    defs = dg.load_assets_from_modules(modules) + list(dg.load_asset_checks_from_modules(modules))
+               assets.fit, areas, assets.release]
     store = ArtifactStore(root=str(tmp_path / "store"))
     resources = {"store": store, "raw_inputs": DirectoryProvider(path=str(real_raw_dir)),
                  "settings": BuildSettings(preset="tiny"),
-                 "fitter": WeightFitter(device="cpu", mode="in_process")}
+                 "fitter": WeightFitter(device="cpu", mode="in_process"),
+                 "publisher": LocalDirectoryPublisher()}
+    full_defs = dg.Definitions(assets=dg.load_assets_from_modules(modules),
+                               asset_checks=dg.load_asset_checks_from_modules(modules),
+                               jobs=[stage_release, promote], resources=resources)
+    defs = list(full_defs.assets) + list(full_defs.asset_checks)
     # the tiny preset's fits (300 households x 4 clones for 10k targets) are far from the fit
     # quality bar that production builds must meet; this test is about the area stage
     lenient = {"config": {"max_mean_abs_rel_error": 10.0}}
@@ -45,13 +55,29 @@ def test_tiny_preset_end_to_end(tmp_path, real_raw_dir):
                           "regional_weights_fit_quality": lenient,
                           "national_weights_fit_quality": lenient}}
     with dg.DagsterInstance.ephemeral() as instance:
-        result = dg.materialize(defs, resources=resources, instance=instance,
-                                run_config=run_config, tags=ALL_AREAS_TAGS)
-        assert result.success
-        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        assert materialize_graph(full_defs, instance, "* and not group:release",
+                                 run_config=run_config)
+        runs = instance.get_runs()
+        assert len(runs) == 1  # one run over the whole partition range
+        result = instance.all_logs(runs[0].run_id)
+        checks = {e.dagster_event.event_specific_data.check_name:
+                  e.dagster_event.event_specific_data.passed
+                  for e in result if e.dagster_event and
+                  e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"}
         for name in ("area_files_valid", "xw_consistency", "sanity_ceilings",
-                     "area_files_complete"):
+                     "area_files_complete", "fit_quality", "targets_db_geographies"):
             assert checks.get(name) is True, (name, checks)
+
+        # release: the gate opens on this build's checks; promote; the manifest verifies
+        staged = full_defs.resolve_job_def("stage_release").execute_in_process(
+            instance=instance, raise_on_error=False)
+        assert staged.success and staged.asset_materializations_for_node("staged_release")
+        promoted = full_defs.resolve_job_def("promote").execute_in_process(instance=instance)
+        assert promoted.asset_materializations_for_node("published_release")
+        published = tmp_path / "store" / "release" / "published"
+        assert rel.verify_manifest(published, require_complete=True) == []
+        manifest = json.loads((published / "manifest.json").read_text())
+        assert len(manifest["files"]) >= 489
 
         # every partition materialized, each with its own figures
         key = dg.AssetKey("area_datasets")
