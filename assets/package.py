@@ -62,10 +62,11 @@ class PackageConfig(dg.Config):
     code_version="1",
     description=(
         "Every target and constraint variable of every base household as if it lived in each "
-        "of the 51 states (`calibration/state_simulations.npz`). One traced base simulation "
-        "decides from policyengine-us's dependency graph which variables cannot depend on the "
-        "state (computed once); the others run in stacked simulations (households copied into "
-        "several states each, ids offset), in memory-bounded chunks on parallel processes. "
+        "of the 51 states (`calibration/state_simulations.npz`), from stacked simulations "
+        "(households copied into several states each, ids offset) in chunks of about 6,000 "
+        "rows on parallel processes. The first chunk runs traced: policyengine-us's dependency "
+        "graph decides which variables cannot depend on the state (stored once, checked equal "
+        "in every chunk). "
         "Take-up-gated variables hold eligible values; the package applies seeded take-up."
     ),
 )
@@ -94,7 +95,7 @@ def state_simulations(context: dg.AssetExecutionContext, config: StateSimulation
         "variables": dg.MetadataValue.md(dep.to_markdown(index=False)),
         "state_invariant": ", ".join(m["state_invariant"]) or "(none)",
         "chunks": len(m["chunks"]), "chunk_seconds": dg.MetadataValue.json(m["chunk_seconds"]),
-        "trace_seconds": m["trace_seconds"], "stacked_seconds": m["stacked_seconds"],
+        "traced_chunk_seconds": m["trace_seconds"], "stacked_seconds": m["stacked_seconds"],
         "total_seconds": m["total_seconds"],
         "takeup_inputs_forced_true": ", ".join(m["takeup_inputs_forced_true"]) or "(none)",
         "sha256": digest,

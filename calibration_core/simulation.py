@@ -4,17 +4,17 @@ The calibration matrix needs, for each clone-household, the values its household
 the state its clone was placed in. Instead of the reference pipeline's loop of 51 full
 simulations (one per state, every variable recomputed in each), :func:`simulate_states`
 
-1. runs one traced simulation of a small sample of the households (where they live; default
-   200 households), computing only the variables the targets need (:func:`needed_variables`);
-2. decides from the policyengine-us dependency graph recorded by that trace which of those
-   variables cannot depend on the state (:func:`classify_state_dependence`): a variable is
-   state-invariant when nothing it is computed from reads the household's geography
-   (``state_fips``, ``county_fips`` and what derives from them); a formula the sample did not
-   run counts as state-dependent. Invariant variables are computed once (in the first chunk);
-3. simulates the state-dependent variables in *stacked* simulations: the households replicated
-   once per state (ids offset per copy, ``state_fips`` and a county of that state set per
-   copy), several states per simulation, in chunks that bound memory
-   (``max_households_per_chunk``) and run in parallel worker processes.
+1. splits the states into chunks (:func:`plan_chunks`) and simulates each chunk *stacked*: the
+   households replicated once per state of the chunk (ids offset per copy, ``state_fips`` and a
+   county of that state set per copy), computing only the variables the targets need
+   (:func:`needed_variables`); chunks bound memory and run in parallel worker processes;
+2. runs the first chunk traced and decides from the policyengine-us dependency graph it
+   records which of those variables cannot depend on the state
+   (:func:`classify_state_dependence`): a variable is state-invariant when nothing it is
+   computed from reads the household's geography (``state_fips``, ``county_fips`` and what
+   derives from them); a formula the chunk did not run (another state's rules) counts as
+   state-dependent. Invariant variables are stored once, after a check that every chunk
+   computed the same values for them.
 
 Take-up (spec §4.7): for the variables a take-up input gates (``snap``, ``medicaid_enrolled``,
 ``aca_ptc``, ``tanf``, ``ssi`` ...) the simulations compute the *eligible* value (take-up forced
@@ -52,7 +52,14 @@ GEO_ROOTS = frozenset({"state_fips", "county_fips", "county", "state_code", "sta
                        "congressional_district_geoid"})
 ALL_STATES = "*"
 STATE_ORDER: tuple[int, ...] = tuple(sorted(fips for _, fips, _, _ in STATES))
-DEFAULT_CHUNK_HOUSEHOLDS = 30_000
+# Households per stacked simulation. Not only a memory bound: policyengine-us runs a formula
+# gated to one state (``defined_for``) on every row of a simulation holding any row of that
+# state, so stacking k states costs each state's own rules k times over, while it shares the
+# per-formula overhead of the other rules. Measured on 2 cores, seconds per state for the first
+# k states of NY, CA, TX, AK, FL, IL, PA, MT, ...: 1,000 households x k = 1/2/4/8/16:
+# 5.9/5.6/3.7/4.9/4.5; 3,000 x k = 1/2/4/8: 7.8/6.8/6.9/9.1. About 6,000 rows per simulation
+# is near the optimum of both (bench/bench_state_simulations.py --chunk compares settings).
+DEFAULT_CHUNK_HOUSEHOLDS = 6_000
 
 
 class SimulationError(ValueError):
@@ -420,14 +427,18 @@ _SIM_CACHE: dict = {}
 
 def simulate_chunk(tables: dict[str, pd.DataFrame], states: Sequence[int],
                    variables: Sequence[str], counties: dict[int, str], year: int = YEAR,
-                   forced_true: Sequence[tuple[str, str]] = (), reuse_key=None
-                   ) -> dict[str, np.ndarray]:
+                   forced_true: Sequence[tuple[str, str]] = (), reuse_key=None,
+                   trace_into: dict | None = None) -> dict[str, np.ndarray]:
     """One stacked simulation of the households copied into each of ``states``.
 
     With ``reuse_key``, a simulation of the same shape built earlier in this process is reused:
     its copies are moved to ``states`` (``state_fips``, ``county_fips``), its branches cleared
     and its computed arrays dropped (spec/FEASIBILITY §6: all three are needed for exact
     results), which saves building and warming a new simulation per chunk.
+
+    With ``trace_into`` (a dict), the simulation records which variable requested which and
+    stores there ``dependence`` (:func:`classify_state_dependence` of ``variables``) and
+    ``entity`` (variable -> entity): the dependency graph comes with the chunk's values.
 
     Returns ``{variable: (len(states), n_entity) array}`` at each variable's own entity, rows in
     ``states`` order, columns in dataset order.
@@ -447,35 +458,25 @@ def simulate_chunk(tables: dict[str, pd.DataFrame], states: Sequence[int],
                                                                  for x in states]), n))
         sim.branches.clear()
         sim.drop_computed_arrays()
-    out = {}
-    for v in variables:
-        values = _as_plain(sim.calculate(v, year, use_weights=False))
-        out[v] = values.reshape(len(states), -1)
+    entity = variable_entities(sim.tax_benefit_system, variables)  # unknown names: clear error
+    if trace_into is not None:
+        sim.trace = True  # also makes branches share the tracer and skips the untraced fast path
+        sim.tracer = _edge_tracer()
+    try:
+        out = {}
+        for v in variables:
+            values = _as_plain(sim.calculate(v, year, use_weights=False))
+            out[v] = values.reshape(len(states), -1)
+        if trace_into is not None:
+            edges, unexplored = _trace_graph(sim)
+            gates = _state_gates(sim.tax_benefit_system)
+            trace_into["dependence"] = classify_state_dependence(variables, edges, gates,
+                                                                 unexplored)
+            trace_into["entity"] = entity
+    finally:
+        if trace_into is not None:
+            sim.trace = False  # a reused simulation runs untraced
     return out
-
-
-def _trace_task(args):
-    """Worker task: the traced sample simulation (also warms the worker up)."""
-    path, variables, trace_households, forced, year = args
-    from .h5_dataset import read_dataset
-
-    t0 = time.time()
-    tables, _ = read_dataset(path)
-    sample = sample_tables(tables, trace_households)
-    dependence, entity = trace_dependence(sample, variables, forced, year)
-    return dependence, entity, len(sample["household"]), time.time() - t0
-
-
-def _warm_worker(args) -> tuple[int, float]:
-    """Pay a worker's one-off policyengine-us costs (import, parameter and formula caches) on a
-    few households while the trace runs: (pid, seconds)."""
-    path, variables, state, counties, year, forced = args
-    t0 = time.time()
-    from .h5_dataset import read_dataset
-
-    tables, _ = read_dataset(path)
-    simulate_chunk(sample_tables(tables, 5), [state], variables, counties, year, forced)
-    return os.getpid(), time.time() - t0
 
 
 def _dataset_key(path) -> tuple:
@@ -484,14 +485,15 @@ def _dataset_key(path) -> tuple:
 
 
 def _chunk_task(args):
-    path, states, variables, counties, year, forced_true = args
+    path, states, variables, counties, year, forced_true, trace = args
     from .h5_dataset import read_dataset
 
     tables, _ = read_dataset(path)
     t0 = time.time()
+    trace_info = {} if trace else None
     values = simulate_chunk(tables, states, variables, counties, year, forced_true,
-                            reuse_key=_dataset_key(path))
-    return list(states), values, time.time() - t0, os.getpid()
+                            reuse_key=_dataset_key(path), trace_into=trace_info)
+    return list(states), values, time.time() - t0, os.getpid(), trace_info
 
 
 # --------------------------------------------------------------------------------------------
@@ -619,7 +621,6 @@ def simulate_states(
     max_households_per_chunk: int = DEFAULT_CHUNK_HOUSEHOLDS,
     workers: int = 1,
     year: int = YEAR,
-    trace_households: int = 200,
     log: Callable[[str], None] = lambda msg: None,
 ) -> StateSimulations:
     """Simulate ``variables`` for every household of ``dataset_path`` in every state of ``states``.
@@ -631,12 +632,15 @@ def simulate_states(
     county_table : ``geography.load_county_table`` output; gives each state copy its most
         populous county.
     states : state FIPS to simulate (default all 51; the result always has 51 rows, states not
-        simulated are filled from the base simulation - only for tests).
-    max_households_per_chunk : bound on households per stacked simulation (memory: ~150 kB each).
+        simulated are filled from the first simulated state - only for tests).
+    max_households_per_chunk : households per stacked simulation (memory ~150 kB each; see
+        :data:`DEFAULT_CHUNK_HOUSEHOLDS` for why 6,000 is also the fastest).
     workers : processes running chunks in parallel (1: in this process).
-    trace_households : households (evenly spaced by id) in the traced simulation that decides
-        which variables depend on the state; a formula the sample does not exercise counts as
-        state-dependent.
+
+    The first chunk runs traced: its dependency graph decides which variables cannot depend on
+    the state (a formula it did not run, such as another state's rules, counts as
+    state-dependent). Those are stored once; every other chunk's values of them must equal the
+    first chunk's, or :class:`SimulationError` names the variable (a check of the decision).
 
     Returns :class:`StateSimulations`.
     """
@@ -654,8 +658,9 @@ def simulate_states(
     specs = takeup_specs_for(variables)
     forced = [(s.entity, s.input) for s in specs]
     counties = representative_counties(county_table, population)
-
     chunks = plan_chunks(structure.n_households, list(states), max_households_per_chunk)
+    tasks = [(str(dataset_path), c, variables, counties, year, forced, i == 0)
+             for i, c in enumerate(chunks)]
     pool = None
     if workers > 1 and len(chunks) > 1:
         import multiprocessing as mp
@@ -663,96 +668,53 @@ def simulate_states(
 
         pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)),
                                    mp_context=mp.get_context("spawn"))
-        warm_args = (str(dataset_path), list(variables), chunks[0][0], counties, year, forced)
-        # worker 1 traces the sample (and warms up), the others warm up meanwhile
-        trace_future = pool.submit(_trace_task, (str(dataset_path), list(variables),
-                                                 trace_households, forced, year))
-        warm = [pool.submit(_warm_worker, warm_args) for _ in range(min(workers, len(chunks)) - 1)]
     try:
-        result = _simulate(tables, structure, dataset_path, variables, specs, counties, chunks,
-                           states, pool, workers, year, log, t_start, trace_households,
-                           trace_future if pool is not None else None)
-        if pool is not None:
-            result.metadata["worker_warmup_seconds"] = [round(f.result()[1], 2) for f in warm]
-        return result
+        # the traced chunk is submitted first, so it never waits behind the others
+        results = (map(_run_local, [tables] * len(tasks), tasks) if pool is None
+                   else pool.map(_chunk_task, tasks))
+        return _collect(results, tables, structure, variables, specs, counties, chunks, states,
+                        workers, year, log, t_start)
     finally:
         _SIM_CACHE.clear()
         if pool is not None:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)
 
 
-def sample_tables(tables: dict[str, pd.DataFrame], n: int) -> dict[str, pd.DataFrame]:
-    """The households at ``n`` evenly spaced positions (by household id) with their persons and
-    group entities: a small, deterministic, varied sample for tracing."""
-    hh = tables["household"]
-    if len(hh) <= n:
-        return tables
-    ids = np.sort(hh["household_id"].to_numpy())
-    keep = ids[np.unique(np.linspace(0, len(ids) - 1, n).round().astype(int))]
-    person = tables["person"][tables["person"]["person_household_id"].isin(keep)]
-    out = {"person": person, "household": hh[hh["household_id"].isin(keep)]}
-    for e in ENTITIES[2:]:
-        df = tables[e]
-        out[e] = df[df[f"{e}_id"].isin(person[f"person_{e}_id"])]
-    return {e: out[e].reset_index(drop=True) for e in ENTITIES}
-
-
-def trace_dependence(tables: dict[str, pd.DataFrame], variables: Sequence[str],
-                     forced: Sequence[tuple[str, str]] = (), year: int = YEAR
-                     ) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """Run a traced simulation of ``tables`` (households where they live) computing
-    ``variables``; return (:func:`classify_state_dependence` result, variable -> entity)."""
-    sim = _microsimulation(stack_tables(tables, [None], None, forced), year)
-    entity = variable_entities(sim.tax_benefit_system, variables)
-    sim.trace = True  # also makes branches share the tracer and skips the untraced fast path
-    sim.tracer = _edge_tracer()
-    for v in variables:
-        sim.calculate(v, year, use_weights=False)
-    edges, unexplored = _trace_graph(sim)
-    gates = _state_gates(sim.tax_benefit_system)
-    del sim
-    return classify_state_dependence(variables, edges, gates, unexplored), entity
-
-
-def _simulate(tables, structure, dataset_path, variables, specs, counties, chunks, states, pool,
-              workers, year, log, t_start, trace_households, trace_future) -> StateSimulations:
-    forced = [(s.entity, s.input) for s in specs]
-    # 1. dependency graph from a traced simulation of a sample of the households
-    t0 = time.time()
-    if trace_future is None:
-        sample = sample_tables(tables, trace_households)
-        dependence, entity = trace_dependence(sample, variables, forced, year)
-        n_traced = len(sample["household"])
-    else:
-        dependence, entity, n_traced, trace_seconds = trace_future.result()
+def _collect(results, tables, structure, variables, specs, counties, chunks, states, workers,
+             year, log, t_start) -> StateSimulations:
+    row_of = {s: i for i, s in enumerate(STATE_ORDER)}
+    parts: dict[str, list] = {v: [] for v in variables}
+    rows_done: list[int] = []
+    chunk_times = []
+    trace = None
+    for chunk_states, values, seconds, pid, trace_info in results:
+        rows_done += [row_of[s] for s in chunk_states]
+        for v in variables:
+            parts[v].append(values[v])
+        chunk_times.append(round(seconds, 2))
+        if trace_info is not None:
+            trace = trace_info
+            dependent = [v for v in variables if trace["dependence"][v]]
+            log(f"traced chunk of {len(chunk_states)} states x {structure.n_households} "
+                f"households: {seconds:.1f} s; state-invariant "
+                f"{[v for v in variables if v not in dependent]}, state-dependent {dependent}")
+        else:
+            log(f"chunk of {len(chunk_states)} states x {structure.n_households} households: "
+                f"{seconds:.1f} s (pid {pid})")
+    dependence, entity = trace["dependence"], trace["entity"]
     dependent = [v for v in variables if dependence[v]]
     invariant_vars = [v for v in variables if not dependence[v]]
-    t_base = time.time() - t0 if trace_future is None else trace_seconds
-    log(f"traced {n_traced} households in {t_base:.1f} s: "
-        f"{len(invariant_vars)} state-invariant {invariant_vars}, {len(dependent)} "
-        f"state-dependent {dependent}")
-
-    # 2. stacked simulations: dependent variables in every chunk, invariant ones in the first
-    t1 = time.time()
-    tasks = [(str(dataset_path), c, dependent + (invariant_vars if i == 0 else []), counties,
-              year, forced) for i, c in enumerate(chunks)]
-    results = ((_run_local(tables, t) for t in tasks) if pool is None
-               else pool.map(_chunk_task, tasks))
-    row_of = {s: i for i, s in enumerate(STATE_ORDER)}
-    parts: dict[str, list] = {v: [] for v in dependent}
-    rows_done: list[int] = []
     invariant: dict[str, np.ndarray] = {}
-    chunk_times = []
-    for chunk_states, values, seconds, pid in results:
-        rows_done += [row_of[s] for s in chunk_states]
-        for v in dependent:
-            parts[v].append(values[v])
-        for v in invariant_vars:
-            if v in values:
-                invariant[v] = values[v][0]
-        chunk_times.append(round(seconds, 2))
-        log(f"chunk of {len(chunk_states)} states x {structure.n_households} households: "
-            f"{seconds:.1f} s (pid {pid})")
+    for v in invariant_vars:
+        stacked = np.concatenate(parts[v], axis=0)
+        differs = np.flatnonzero((stacked != stacked[0]).any(axis=1))
+        if len(differs):
+            state = STATE_ORDER[rows_done[differs[0]]]
+            raise SimulationError(
+                f"{v!r} was classified state-invariant but differs in {STATE_ABBR[state]} "
+                f"from {STATE_ABBR[STATE_ORDER[rows_done[0]]]}: the traced chunk missed a "
+                "dependency on the state")
+        invariant[v] = stacked[0]
     by_state = {}
     order = np.asarray(rows_done)
     for v in dependent:
@@ -763,7 +725,6 @@ def _simulate(tables, structure, dataset_path, variables, specs, counties, chunk
         if len(missing):  # states not simulated (tests, sampled benches): first simulated state
             full[missing] = stacked[0]
         by_state[v] = full
-    t_stack = time.time() - t1
 
     meta = {
         "n_households": structure.n_households,
@@ -772,9 +733,10 @@ def _simulate(tables, structure, dataset_path, variables, specs, counties, chunk
         "state_dependent": dependent,
         "states_simulated": sorted(int(s) for s in states),
         "chunks": [[int(s) for s in c] for c in chunks], "chunk_seconds": chunk_times,
-        "workers": int(workers), "trace_households": int(n_traced),
-        "trace_seconds": round(t_base, 2),
-        "stacked_seconds": round(t_stack, 2), "total_seconds": round(time.time() - t_start, 2),
+        "workers": int(workers), "traced_chunk_states": [int(s) for s in chunks[0]],
+        "trace_seconds": chunk_times[0],
+        "stacked_seconds": round(float(sum(chunk_times)), 2),
+        "total_seconds": round(time.time() - t_start, 2),
         "representative_county": {STATE_ABBR[s]: c for s, c in sorted(counties.items())},
         "takeup_inputs_forced_true": [s.input for s in specs],
     }
@@ -785,8 +747,9 @@ def _simulate(tables, structure, dataset_path, variables, specs, counties, chunk
 
 
 def _run_local(tables, task):
-    path, states, variables, counties, year, forced = task
+    path, states, variables, counties, year, forced, trace = task
     t0 = time.time()
+    trace_info = {} if trace else None
     values = simulate_chunk(tables, states, variables, counties, year, forced,
-                            reuse_key=_dataset_key(path))
-    return list(states), values, time.time() - t0, os.getpid()
+                            reuse_key=_dataset_key(path), trace_into=trace_info)
+    return list(states), values, time.time() - t0, os.getpid(), trace_info

@@ -72,6 +72,38 @@ def test_plan_chunks_bounds_households():
     assert sum(len(c) for c in chunks) == 51
     assert max(len(c) for c in chunks) * 3000 <= 20_000
     assert simu.plan_chunks(300, list(simu.STATE_ORDER), 20_000) == [list(simu.STATE_ORDER)]
+    # more households than the bound: one state per simulation
+    assert simu.plan_chunks(12_000, list(simu.STATE_ORDER), 6_000) == [
+        [s] for s in simu.STATE_ORDER]
+
+
+def _chunk_results(age_in_second_chunk):
+    tables = synthetic_tables(3, seed=2)
+    n_person = len(tables["person"])
+    age = np.arange(n_person, dtype=float)
+    trace = {"dependence": {"age": [], "snap": ["*"]}, "entity": {"age": "person",
+                                                                  "snap": "spm_unit"}}
+    n_spm = len(tables["spm_unit"])
+    results = [([1, 2], {"age": np.stack([age, age]), "snap": np.ones((2, n_spm))}, 1.0, 1, trace),
+               ([4], {"age": age_in_second_chunk(age)[None], "snap": np.zeros((1, n_spm))},
+                1.0, 2, None)]
+    return tables, results
+
+
+def test_invariant_variables_are_stored_once_and_checked_in_every_chunk():
+    for tamper, ok in ((lambda a: a, True), (lambda a: a + 1, False)):
+        tables, results = _chunk_results(tamper)
+        args = (tables, simu.Structure.from_tables(tables), ["age", "snap"], [], {},
+                [[1, 2], [4]], [1, 2, 4], 1, 2024, lambda m: None, 0.0)
+        if ok:
+            out = simu._collect(results, *args)
+            assert set(out.invariant) == {"age"} and set(out.by_state) == {"snap"}
+            assert out.by_state["snap"].shape[0] == 51
+            assert out.metadata["traced_chunk_states"] == [1, 2]
+        else:
+            with pytest.raises(simu.SimulationError, match="'age' was classified "
+                               "state-invariant but differs in AZ from AL"):
+                simu._collect(results, *args)
 
 
 def test_stack_tables_offsets_ids_and_moves_households():

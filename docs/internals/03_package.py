@@ -11,10 +11,9 @@ each clone is placed in a congressional district (hence a state and a county); e
 is what clone-household ``j`` contributes to target ``i`` (its persons in an age band, its AGI in
 a band, its SNAP dollars ...) when the clone lies in the target's geography, else 0.
 
-The values a household would have in each state come from ``simulate_states``: one traced
-policyengine-us simulation finds which target variables can depend on the state at all, and the
-state-dependent ones are computed in a few *stacked* simulations (the households copied once per
-state). That step needs policyengine-us (about a minute to import); this script shows its pure
+The values a household would have in each state come from ``simulate_states``: a few *stacked*
+policyengine-us simulations (the households copied once per state), the first of them traced to
+find which target variables can depend on the state at all (those are stored once). That step needs policyengine-us (about a minute to import); this script shows its pure
 parts and replaces the simulated values by toy arrays of the same shapes.
 """
 from __future__ import annotations
