@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Optional
 
 import dagster as dg
-
-from assets._metadata import markdown_table
 import numpy as np
 import pandas as pd
 from dagster._core.storage.tags import (
@@ -26,6 +24,7 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
+from assets._metadata import markdown_table as _md
 from calibration_core import assembly as asm
 from calibration_core import validation as val
 from calibration_core.areas import STATE_FIPS, all_area_keys, parse_area_key
@@ -63,9 +62,6 @@ class ValidationConfig(dg.Config):
     areas: Optional[str] = None  # "all" | "sample"; None: the preset's validation_areas
     max_households_per_simulation: int = 150_000
     states_per_simulation: int = 8  # policyengine-us's cost grows with households x states
-
-
-_md = markdown_table
 
 
 def area_path(store: ArtifactStore, key: str) -> Path:

@@ -9,11 +9,10 @@ import time
 from typing import Optional
 
 import dagster as dg
-
-from assets._metadata import markdown_table
 import numpy as np
 import pandas as pd
 
+from assets._metadata import markdown_table as _md
 from calibration_core import geography as geo_mod
 from calibration_core import package as pkg
 from calibration_core import simulation as simu
@@ -31,9 +30,6 @@ SIMULATIONS = ("calibration", "state_simulations.npz")
 GEOGRAPHY = ("calibration", "geography_assignment.npz")
 PACKAGE = ("calibration", "package")
 YEAR = 2024
-
-
-_md = markdown_table
 
 
 def _inputs(store: ArtifactStore):
@@ -95,7 +91,7 @@ def state_simulations(context: dg.AssetExecutionContext, config: StateSimulation
         "variables": dg.MetadataValue.md(dep.to_markdown(index=False)),
         "state_invariant": ", ".join(m["state_invariant"]) or "(none)",
         "chunks": len(m["chunks"]), "chunk_seconds": dg.MetadataValue.json(m["chunk_seconds"]),
-        "traced_chunk_seconds": m["trace_seconds"], "stacked_seconds": m["stacked_seconds"],
+        "traced_chunk_seconds": m["traced_chunk_seconds"], "stacked_seconds": m["stacked_seconds"],
         "total_seconds": m["total_seconds"],
         "takeup_inputs_forced_true": ", ".join(m["takeup_inputs_forced_true"]) or "(none)",
         "sha256": digest,

@@ -2,16 +2,11 @@
 
 import dagster as dg
 
-from assets._metadata import markdown_table
-import pandas as pd
-
+from assets._metadata import markdown_table as _md
 from calibration_core import targets_db as tdb
 from resources.store import ArtifactStore
 
 DB_PARTS = ("targets", "targets.db")
-
-
-_md = markdown_table
 
 
 @dg.asset(
