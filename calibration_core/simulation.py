@@ -694,16 +694,12 @@ def _collect(results, tables, structure, variables, specs, counties, chunks, sta
         chunk_times.append(round(seconds, 2))
         if trace_info is not None:
             trace = trace_info
-            dependent = [v for v in variables if trace["dependence"][v]]
-            log(f"traced chunk of {len(chunk_states)} states x {structure.n_households} "
-                f"households: {seconds:.1f} s; state-invariant "
-                f"{[v for v in variables if v not in dependent]}, state-dependent {dependent}")
-        else:
-            log(f"chunk of {len(chunk_states)} states x {structure.n_households} households: "
-                f"{seconds:.1f} s (pid {pid})")
+        log(f"{'traced ' if trace_info is not None else ''}chunk of {len(chunk_states)} states x "
+            f"{structure.n_households} households: {seconds:.1f} s (pid {pid})")
     dependence, entity = trace["dependence"], trace["entity"]
     dependent = [v for v in variables if dependence[v]]
     invariant_vars = [v for v in variables if not dependence[v]]
+    log(f"state-invariant (stored once): {invariant_vars}; state-dependent: {dependent}")
     invariant: dict[str, np.ndarray] = {}
     for v in invariant_vars:
         stacked = np.concatenate(parts[v], axis=0)
@@ -734,7 +730,7 @@ def _collect(results, tables, structure, variables, specs, counties, chunks, sta
         "states_simulated": sorted(int(s) for s in states),
         "chunks": [[int(s) for s in c] for c in chunks], "chunk_seconds": chunk_times,
         "workers": int(workers), "traced_chunk_states": [int(s) for s in chunks[0]],
-        "trace_seconds": chunk_times[0],
+        "traced_chunk_seconds": chunk_times[0],
         "stacked_seconds": round(float(sum(chunk_times)), 2),
         "total_seconds": round(time.time() - t_start, 2),
         "representative_county": {STATE_ABBR[s]: c for s, c in sorted(counties.items())},
