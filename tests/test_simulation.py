@@ -186,6 +186,31 @@ def test_stacked_equals_separate_state_simulations(stacked, separate):
 
 
 @pytest.mark.slow
+def test_state_rules_ran_on_their_own_rows(stacked):
+    # the equality above covers the routed values; this shows routing happened at all
+    assert stacked.metadata["traced_chunk_routed_formulas"] > 0
+    assert stacked.metadata["unroutable_formulas"] == []
+
+
+@pytest.mark.slow
+def test_a_state_rule_that_branches_runs_on_all_rows(small_dataset, county_table):
+    """Delaware's EITC choice compares its tax in two branches (a counterfactual with changed
+    inputs): a block simulation cannot serve it, so it falls back to every row - and the stack
+    still equals Delaware simulated alone."""
+    _, tables = small_dataset
+    counties = {**simu.representative_counties(county_table), 10: "10003"}
+    variables = ["de_income_tax", "de_eitc"]
+    info: dict = {}
+    stacked = simu.simulate_chunk(tables, [2, 10], variables, counties, trace_into=info)
+    alone = simu.simulate_chunk(tables, [10], variables, counties)
+    assert "de_income_tax_if_claiming_refundable_eitc" in info["unroutable"]
+    assert info["routed_formulas"] > 0
+    for v in variables:
+        np.testing.assert_allclose(stacked[v][1], alone[v][0], rtol=1e-6, err_msg=v)
+        assert (stacked[v][0] == 0).all()  # Delaware's rules are zero in Alaska
+
+
+@pytest.mark.slow
 def test_state_invariance_decision(stacked, separate):
     dep = stacked.dependence
     assert dep["age"] == []  # an input
