@@ -59,8 +59,9 @@ class PackageConfig(dg.Config):
     description=(
         "Every target and constraint variable of every base household as if it lived in each "
         "of the 51 states (`calibration/state_simulations.npz`), from stacked simulations "
-        "(households copied into several states each, ids offset) in chunks of about 6,000 "
-        "rows on parallel processes. The first chunk runs traced: policyengine-us's dependency "
+        "(households copied into several states each, ids offset) in chunks of at most "
+        f"{simu.DEFAULT_CHUNK_HOUSEHOLDS:,} rows on parallel processes; each state's own rules "
+        "run on that state's rows only. The first chunk runs traced: policyengine-us's dependency "
         "graph decides which variables cannot depend on the state (stored once, checked equal "
         "in every chunk). "
         "Take-up-gated variables hold eligible values; the package applies seeded take-up."

@@ -9,7 +9,10 @@ CPS file) and the same variables (those the targets DB needs), times
 * ours: :func:`calibration_core.simulation.simulate_states` - stacked multi-state chunks
   (``--chunk`` households per chunk) on ``--workers`` processes, the first chunk traced to find
   the state-invariant variables (stored once);
-* assembly: :func:`calibration_core.package.build_package` for the demo preset's clones.
+* assembly: :func:`calibration_core.package.build_package` for the demo preset's clones;
+* with ``--compare-unrouted CHUNK``, also ours without :class:`~calibration_core.simulation.
+  StateRouter` (each state's own rules on every stacked row, as policyengine-core runs them) in
+  chunks of CHUNK households - the previous default was 6,000, the best chunk without routing.
 
 Ours always runs all 51 states. The reference runs in a fresh process (its one-off start-up is
 counted, as in the reference) on ``--ref-states K`` states (default 51); with K < 51 its
@@ -17,7 +20,7 @@ counted, as in the reference) on ``--ref-states K`` states (default 51); with K 
 The CPU may be shared: the table prints the load average.
 
     python bench/bench_state_simulations.py --raw RAW_DIR --db targets.db [--n 1000 3000]
-        [--ref-states 8] [--chunk 4000] [--workers 2]
+        [--ref-states 8] [--chunk 26000] [--workers 2] [--compare-unrouted 6000]
 """
 from __future__ import annotations
 
@@ -84,6 +87,8 @@ def main(argv=None) -> None:
     ap.add_argument("--chunk", type=int, default=simu.DEFAULT_CHUNK_HOUSEHOLDS)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--compare-unrouted", type=int, default=0, metavar="CHUNK",
+                    help="also time ours without routing, CHUNK households per simulation")
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -111,6 +116,21 @@ def main(argv=None) -> None:
         ours_wall = time.perf_counter() - t
         m = sims.metadata
         ours_cpu = sum(m["chunk_seconds"])  # the traced chunk included
+        unrouted = {}
+        if args.compare_unrouted:
+            print(f"[{n}] ours without routing: chunk {args.compare_unrouted}", flush=True)
+            t = time.perf_counter()
+            plain = simu.simulate_states(path, variables, county, population, states=states,
+                                         max_households_per_chunk=args.compare_unrouted,
+                                         workers=args.workers, route=False,
+                                         log=lambda m: print("   ", m, flush=True))
+            unrouted = {"wall": time.perf_counter() - t,
+                        "cpu": sum(plain.metadata["chunk_seconds"])}
+            for v in sims.variables:  # the same values either way
+                a = sims.invariant.get(v, sims.by_state.get(v))
+                b = plain.invariant.get(v, plain.by_state.get(v))
+                if a.shape != b.shape or not np.array_equal(a, b):
+                    raise SystemExit(f"routed and unrouted values of {v!r} differ")
         ref_51 = float("nan")
         ref_measured = float("nan")
         if not args.skip_reference:
@@ -145,6 +165,8 @@ def main(argv=None) -> None:
             "ours cpu s (all chunks)": round(ours_cpu, 1),
             "speed-up wall": round(ref_51 / ours_wall, 2),
             "speed-up cpu": round(ref_51 / ours_cpu, 2),
+            "unrouted wall s": round(unrouted.get("wall", float("nan")), 1),
+            "unrouted cpu s": round(unrouted.get("cpu", float("nan")), 1),
             "ours: traced chunk s": m["traced_chunk_seconds"],
             "ours: chunks": len(m["chunks"]), "ours: chunk s": m["chunk_seconds"],
             "measured reference s": round(ref_measured, 1),

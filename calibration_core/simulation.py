@@ -55,14 +55,12 @@ GEO_ROOTS = frozenset({"state_fips", "county_fips", "county", "state_code", "sta
                        "congressional_district_geoid"})
 ALL_STATES = "*"
 STATE_ORDER: tuple[int, ...] = tuple(sorted(fips for _, fips, _, _ in STATES))
-# Households per stacked simulation. Not only a memory bound: policyengine-us runs a formula
-# gated to one state (``defined_for``) on every row of a simulation holding any row of that
-# state, so stacking k states costs each state's own rules k times over, while it shares the
-# per-formula overhead of the other rules. Measured on 2 cores, seconds per state for the first
-# k states of NY, CA, TX, AK, FL, IL, PA, MT, ...: 1,000 households x k = 1/2/4/8/16:
-# 5.9/5.6/3.7/4.9/4.5; 3,000 x k = 1/2/4/8: 7.8/6.8/6.9/9.1. About 6,000 rows per simulation
-# is near the optimum of both (bench/bench_state_simulations.py --chunk compares settings).
-DEFAULT_CHUNK_HOUSEHOLDS = 6_000
+# Households per stacked simulation: a memory bound (about 90 kB per household: a 51-state stack
+# of 1,000 households peaked at 4.5 GB). Since each state's own rules run on its rows only
+# (StateRouter), a larger stack no longer costs more per state, and the per-simulation start is
+# shared: bench/bench_state_simulations.py, 2 workers, 1,000 households, 51 states: 115 s with
+# 26,000 against 145 s unrouted with 6,000 (that setting's optimum); 3,000: 172 s against 241 s.
+DEFAULT_CHUNK_HOUSEHOLDS = 26_000
 
 
 class SimulationError(ValueError):
@@ -521,6 +519,8 @@ def _routing_classes() -> dict:
     """The two Microsimulation subclasses (built on first use: policyengine-us imports slowly)."""
     if _ROUTING_CLASSES:
         return _ROUTING_CLASSES
+    from policyengine_core.periods import Period
+    from policyengine_core.periods import period as make_period
     from policyengine_core.simulations import Simulation as CoreSimulation
     from policyengine_us import Microsimulation
 
@@ -553,8 +553,16 @@ def _routing_classes() -> dict:
         router: StateRouter
         abbr: str
 
-        def _own(self, name: str) -> bool:
-            return self.router.gates.get(name) == self.abbr
+        def _own(self, name: str, period) -> bool:
+            """Computed here: this state's rule, unless the stack already holds a value for it
+            (a dataset input, or computed on every row before)."""
+            if self.router.gates.get(name) != self.abbr:
+                return False
+            if period is None:
+                period = self.default_calculation_period
+            if not isinstance(period, Period):
+                period = make_period(period)
+            return self.router.parent.get_array(name, period) is None
 
         def _note_edge(self, name: str) -> None:
             edges = getattr(self.tracer, "edges", None)
@@ -578,7 +586,7 @@ def _routing_classes() -> dict:
 
         def calculate(self, variable_name, period=None, map_to=None, use_weights=False,
                       decode_enums=False):
-            if self._own(variable_name):
+            if self._own(variable_name, period):
                 return CoreSimulation.calculate(self, variable_name, period, map_to,
                                                 decode_enums)
             return self._from_stack(CoreSimulation.calculate, variable_name, period, map_to,
@@ -586,19 +594,19 @@ def _routing_classes() -> dict:
 
         def calculate_add(self, variable_name, period=None, map_to=None, use_weights=False,
                           decode_enums=False):
-            if self._own(variable_name):
+            if self._own(variable_name, period):
                 return super().calculate_add(variable_name, period, map_to, use_weights=False)
             return self._from_stack(CoreSimulation.calculate_add, variable_name, period, map_to)
 
         def calculate_divide(self, variable_name, period=None, map_to=None, use_weights=False,
                              decode_enums=False):
-            if self._own(variable_name):
+            if self._own(variable_name, period):
                 return super().calculate_divide(variable_name, period, map_to, use_weights=False)
             return self._from_stack(CoreSimulation.calculate_divide, variable_name, period,
                                     map_to)
 
         def get_array(self, variable_name, period):
-            if self._own(variable_name):
+            if self._own(variable_name, period):
                 return super().get_array(variable_name, period)
             values = self.router.parent.get_array(variable_name, period)
             if values is None:
@@ -695,14 +703,14 @@ def _dataset_key(path) -> tuple:
 
 
 def _chunk_task(args):
-    path, states, variables, counties, year, forced_true, trace = args
+    path, states, variables, counties, year, forced_true, trace, route = args
     from .h5_dataset import read_dataset
 
     tables, _ = read_dataset(path)
     t0 = time.time()
     trace_info = {} if trace else None
     values = simulate_chunk(tables, states, variables, counties, year, forced_true,
-                            reuse_key=_dataset_key(path), trace_into=trace_info)
+                            reuse_key=_dataset_key(path), trace_into=trace_info, route=route)
     return list(states), values, time.time() - t0, os.getpid(), trace_info
 
 
@@ -813,12 +821,16 @@ def load_state_simulations(path: str | os.PathLike) -> StateSimulations:
 # driver
 
 
-def plan_chunks(n_households: int, states: Sequence[int], max_households_per_chunk: int
-                ) -> list[list[int]]:
+def plan_chunks(n_households: int, states: Sequence[int], max_households_per_chunk: int,
+                workers: int = 1) -> list[list[int]]:
     """Split ``states`` into consecutive groups of at most ``max_households_per_chunk //
-    n_households`` states (at least one), balanced in size."""
+    n_households`` states (at least one), balanced in size; with several workers the number
+    of groups is rounded up to a multiple of ``workers`` (while states last), so that no worker
+    runs one more chunk than the others."""
     per = max(1, int(max_households_per_chunk) // max(1, n_households))
     n_chunks = -(-len(states) // per)
+    if workers > 1:
+        n_chunks = min(len(states), -(-n_chunks // workers) * workers)
     return [list(c) for c in np.array_split(np.asarray(states), n_chunks) if len(c)]
 
 
@@ -832,6 +844,7 @@ def simulate_states(
     workers: int = 1,
     year: int = YEAR,
     log: Callable[[str], None] = lambda msg: None,
+    route: bool = True,
 ) -> StateSimulations:
     """Simulate ``variables`` for every household of ``dataset_path`` in every state of ``states``.
 
@@ -843,9 +856,11 @@ def simulate_states(
         populous county.
     states : state FIPS to simulate (default all 51; the result always has 51 rows, states not
         simulated are filled from the first simulated state - only for tests).
-    max_households_per_chunk : households per stacked simulation (memory ~150 kB each; see
-        :data:`DEFAULT_CHUNK_HOUSEHOLDS` for why 6,000 is also the fastest).
+    max_households_per_chunk : households per stacked simulation (memory ~90 kB each; see
+        :data:`DEFAULT_CHUNK_HOUSEHOLDS`).
     workers : processes running chunks in parallel (1: in this process).
+    route : run each state's own rules on its rows only (:class:`StateRouter`); False runs
+        them on every stacked row, as policyengine-core does (for comparisons).
 
     The first chunk runs traced: its dependency graph decides which variables cannot depend on
     the state (a formula it did not run, such as another state's rules, counts as
@@ -868,8 +883,9 @@ def simulate_states(
     specs = takeup_specs_for(variables)
     forced = [(s.entity, s.input) for s in specs]
     counties = representative_counties(county_table, population)
-    chunks = plan_chunks(structure.n_households, list(states), max_households_per_chunk)
-    tasks = [(str(dataset_path), c, variables, counties, year, forced, i == 0)
+    chunks = plan_chunks(structure.n_households, list(states), max_households_per_chunk,
+                         workers)
+    tasks = [(str(dataset_path), c, variables, counties, year, forced, i == 0, route)
              for i, c in enumerate(chunks)]
     pool = None
     if workers > 1 and len(chunks) > 1:
@@ -955,9 +971,9 @@ def _collect(results, tables, structure, variables, specs, counties, chunks, sta
 
 
 def _run_local(tables, task):
-    path, states, variables, counties, year, forced, trace = task
+    path, states, variables, counties, year, forced, trace, route = task
     t0 = time.time()
     trace_info = {} if trace else None
     values = simulate_chunk(tables, states, variables, counties, year, forced,
-                            reuse_key=_dataset_key(path), trace_into=trace_info)
+                            reuse_key=_dataset_key(path), trace_into=trace_info, route=route)
     return list(states), values, time.time() - t0, os.getpid(), trace_info

@@ -75,6 +75,11 @@ def test_plan_chunks_bounds_households():
     # more households than the bound: one state per simulation
     assert simu.plan_chunks(12_000, list(simu.STATE_ORDER), 6_000) == [
         [s] for s in simu.STATE_ORDER]
+    # 7 chunks of <= 8 states would leave one of two workers a chunk more: 8 chunks instead
+    two = simu.plan_chunks(3000, list(simu.STATE_ORDER), 26_000, workers=2)
+    assert len(two) == 8 and sorted({len(c) for c in two}) == [6, 7]
+    assert [s for c in two for s in c] == list(simu.STATE_ORDER)
+    assert len(simu.plan_chunks(1000, list(simu.STATE_ORDER), 26_000, workers=2)) == 2
 
 
 def _chunk_results(age_in_second_chunk):
