@@ -93,6 +93,9 @@ def state_simulations(context: dg.AssetExecutionContext, config: StateSimulation
         "state_invariant": ", ".join(m["state_invariant"]) or "(none)",
         "chunks": len(m["chunks"]), "chunk_seconds": dg.MetadataValue.json(m["chunk_seconds"]),
         "traced_chunk_seconds": m["traced_chunk_seconds"], "stacked_seconds": m["stacked_seconds"],
+        # state rules computed on their own state's rows (StateRouter), and those that could not
+        "traced_chunk_routed_formulas": m["traced_chunk_routed_formulas"],
+        "unroutable_formulas": ", ".join(m["unroutable_formulas"]) or "(none)",
         "total_seconds": m["total_seconds"],
         "takeup_inputs_forced_true": ", ".join(m["takeup_inputs_forced_true"]) or "(none)",
         "sha256": digest,

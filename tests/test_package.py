@@ -302,3 +302,5 @@ def test_assets_materialize_through_dagster(real_raw_dir, tmp_path):
                       "calibration_package_population": True}
     meta = result.asset_materializations_for_node("calibration_package")[0].metadata
     assert meta["unachievable_count"].value == package.metadata["unachievable_count"]
+    sims = result.asset_materializations_for_node("state_simulations")[0].metadata
+    assert sims["traced_chunk_routed_formulas"].value > 0  # 51 states in one stack: routed
