@@ -60,8 +60,9 @@ class AreaConfig(dg.Config):
 
 class ValidationConfig(dg.Config):
     areas: Optional[str] = None  # "all" | "sample"; None: the preset's validation_areas
-    max_households_per_simulation: int = 150_000
-    states_per_simulation: int = 8  # policyengine-us's cost grows with households x states
+    # one stacked simulation holds ~90 kB per household; each state's own rules run on its rows
+    max_households_per_simulation: int = 35_000
+    states_per_simulation: int = 51
 
 
 def area_path(store: ArtifactStore, key: str) -> Path:

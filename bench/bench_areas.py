@@ -69,7 +69,7 @@ def _simulate(out: str, states_per_simulation: int) -> None:
     sizes = np.array([len(p["household"]) for p in pieces])
     rows = []
     t1 = time.perf_counter()
-    for g in val._groups(states, sizes, states_per_simulation, 150_000):
+    for g in val._groups(states, sizes, states_per_simulation, 35_000):
         t2 = time.perf_counter()
         stacked = val.stack_areas([str(i) for i in g], [pieces[i] for i in g])
         val.simulate_areas(stacked, TARGET_VARIABLES, 2024)
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out")
     ap.add_argument("--simulate", action="store_true")
-    ap.add_argument("--states-per-simulation", type=int, default=8)
+    ap.add_argument("--states-per-simulation", type=int, default=51)
     args = ap.parse_args(argv)
     if not args.store and not (args.microdata and args.raw_dir):
         ap.error("give --store, or --microdata and --raw-dir")

@@ -454,40 +454,36 @@ class _Unroutable(Exception):
 class StateRouter:
     """Routes the state-gated formulas of a stacked simulation to per-state block simulations.
 
-    ``states``: the state FIPS of the stack's copies, in copy order; ``counts``: rows per copy
-    at each entity; ``template``: id-only tables of one copy (block simulations are built from
-    it; they hold no inputs - every input comes from the stacked simulation).
+    ``layout[abbr][entity]``: the rows (a slice) of each state at each entity - every state's
+    rows must be contiguous (:func:`state_layout`); ``templates[abbr]``: id-only tables of
+    those rows (block simulations are built from them; they hold no inputs - every input comes
+    from the stacked simulation).
     """
 
-    def __init__(self, parent, states: Sequence[int], counts: dict[str, int],
-                 template: dict[str, pd.DataFrame], year: int):
+    def __init__(self, parent, layout: dict[str, dict[str, slice]],
+                 templates: dict[str, dict[str, pd.DataFrame]], year: int):
         self.parent = parent
-        self.counts = counts
-        self.template = template
         self.year = year
         self.gates = _state_gates(parent.tax_benefit_system)
         self.blocks: dict[str, object] = {}
         self.unroutable: set[str] = set()
-        self.routed_calls = 0
-        self.move(states)
+        self.place(layout, templates)
 
-    def move(self, states: Sequence[int]) -> None:
-        """New states for the copies (a reused stack): blocks are rebuilt on demand."""
-        abbrs = [STATE_ABBR[int(s)] for s in states]
-        # a state twice in one stack would make its rows two blocks: route nothing then
-        self.copy_of = ({a: k for k, a in enumerate(abbrs)} if len(set(abbrs)) == len(abbrs)
-                        else {})
+    def place(self, layout: dict[str, dict[str, slice]],
+              templates: dict[str, dict[str, pd.DataFrame]]) -> None:
+        """Where each state's rows are (a reused stack moves its copies): blocks are rebuilt on
+        demand."""
+        self.layout, self.templates = layout, templates
         self.blocks.clear()
         self.routed_calls = 0
 
     def rows(self, abbr: str, entity: str) -> slice:
-        k, n = self.copy_of[abbr], self.counts[entity]
-        return slice(k * n, (k + 1) * n)
+        return self.layout[abbr][entity]
 
     def state_of(self, variable, period) -> str | None:
         """The state whose block computes ``variable`` (None: compute on all rows)."""
         abbr = self.gates.get(variable.name)
-        if (abbr is None or abbr not in self.copy_of or variable.name in self.unroutable
+        if (abbr is None or abbr not in self.layout or variable.name in self.unroutable
                 or variable.get_formula(period) is None):
             return None
         return abbr
@@ -495,7 +491,7 @@ class StateRouter:
     def block(self, abbr: str):
         sim = self.blocks.get(abbr)
         if sim is None:
-            sim = _microsimulation(self.template, self.year, kind="block")
+            sim = _microsimulation(self.templates[abbr], self.year, kind="block")
             sim.router, sim.abbr = self, abbr
             if getattr(self.parent, "trace", False):
                 sim.trace = True
@@ -510,6 +506,39 @@ class StateRouter:
             for k, v in getattr(sim.tracer, "edges", {}).items():
                 out.setdefault(k, set()).update(v)
         return out
+
+
+def state_layout(tables: dict[str, pd.DataFrame]
+                 ) -> tuple[dict[str, dict[str, slice]], dict[str, dict[str, pd.DataFrame]]]:
+    """(layout, templates) for :class:`StateRouter` from stacked entity tables: each state's
+    rows at every entity (an entity belongs to its first member's household's state) and
+    id-only tables of them. A state whose rows are not contiguous at some entity (or a
+    household table without ``state_fips``) is left out: its rules run on every row."""
+    if "state_fips" not in tables["household"].columns:
+        return {}, {}
+    structure = Structure.from_tables(tables)
+    hh_state = tables["household"]["state_fips"].to_numpy().astype(np.int64)
+    spans: dict[int, dict[str, slice]] = {}
+    broken: set[int] = set()
+    for e in ENTITIES:
+        state = hh_state[structure.household_index[e]]
+        starts = np.flatnonzero(np.r_[True, state[1:] != state[:-1]])
+        ends = np.r_[starts[1:], len(state)]
+        runs = state[starts]
+        uniq, n_runs = np.unique(runs, return_counts=True)
+        broken |= set(uniq[n_runs > 1].tolist())
+        for st, a, b in zip(runs.tolist(), starts.tolist(), ends.tolist()):
+            spans.setdefault(st, {})[e] = slice(a, b)
+    layout, templates = {}, {}
+    for st, rows in spans.items():
+        if st in broken or st not in STATE_ABBR or len(rows) != len(ENTITIES):
+            continue
+        abbr = STATE_ABBR[st]
+        layout[abbr] = rows
+        templates[abbr] = {e: tables[e].iloc[rows[e]][
+            [c for c in tables[e].columns if c.endswith("_id")]].reset_index(drop=True)
+            for e in ENTITIES}
+    return layout, templates
 
 
 _ROUTING_CLASSES: dict = {}
@@ -657,10 +686,7 @@ def simulate_chunk(tables: dict[str, pd.DataFrame], states: Sequence[int],
         stacked = stack_tables(tables, list(states), counties, forced_true)
         sim = _microsimulation(stacked, year, kind="stacked" if route else "plain")
         if route:
-            counts = {e: len(tables[e]) for e in ENTITIES}
-            template = {e: tables[e][[c for c in tables[e].columns if c.endswith("_id")]]
-                        for e in ENTITIES}
-            sim.router = StateRouter(sim, states, counts, template, year)
+            sim.router = StateRouter(sim, *_copies_layout(tables, states), year)
         if key is not None:
             _SIM_CACHE.clear()  # one kept simulation per process bounds memory
             _SIM_CACHE[key] = sim
@@ -672,7 +698,7 @@ def simulate_chunk(tables: dict[str, pd.DataFrame], states: Sequence[int],
         sim.branches.clear()
         sim.drop_computed_arrays()
         if getattr(sim, "router", None) is not None:
-            sim.router.move(states)
+            sim.router.place(*_copies_layout(tables, states))
     entity = variable_entities(sim.tax_benefit_system, variables)  # unknown names: clear error
     if trace_into is not None:
         sim.trace = True  # also makes branches share the tracer and skips the untraced fast path
@@ -695,6 +721,21 @@ def simulate_chunk(tables: dict[str, pd.DataFrame], states: Sequence[int],
         if trace_into is not None:
             sim.trace = False  # a reused simulation runs untraced
     return out
+
+
+def _copies_layout(tables: dict[str, pd.DataFrame], states: Sequence[int]):
+    """:class:`StateRouter` layout of :func:`stack_tables` copies: copy k holds rows
+    ``k * n_e .. (k + 1) * n_e`` of every entity; every block is built from the same ids. A
+    state twice in one stack would make its rows two blocks: nothing is routed then."""
+    abbrs = [STATE_ABBR[int(s)] for s in states]
+    if len(set(abbrs)) != len(abbrs):
+        return {}, {}
+    n = {e: len(tables[e]) for e in ENTITIES}
+    template = {e: tables[e][[c for c in tables[e].columns if c.endswith("_id")]]
+                for e in ENTITIES}
+    layout = {a: {e: slice(k * n[e], (k + 1) * n[e]) for e in ENTITIES}
+              for k, a in enumerate(abbrs)}
+    return layout, {a: template for a in abbrs}
 
 
 def _dataset_key(path) -> tuple:

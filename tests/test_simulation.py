@@ -82,6 +82,39 @@ def test_plan_chunks_bounds_households():
     assert len(simu.plan_chunks(1000, list(simu.STATE_ORDER), 26_000, workers=2)) == 2
 
 
+def _tables_in_state_order(tables):
+    """The households of ``tables`` re-ordered by state at every entity (areas are stacked so)."""
+    from calibration_core.microdata import subset_tables
+
+    hh = tables["household"]
+    parts = [subset_tables(tables, hh.loc[hh["state_fips"] == st, "household_id"].to_numpy())
+             for st in sorted(hh["state_fips"].unique())]
+    return {e: pd.concat([p[e] for p in parts], ignore_index=True) for e in simu.ENTITIES}
+
+
+def test_state_layout_finds_each_states_rows():
+    tables = _tables_in_state_order(synthetic_tables(9, seed=4, states=(6, 17)))
+    layout, templates = simu.state_layout(tables)
+    assert set(layout) == {"CA", "IL"}
+    hh_state = tables["household"]["state_fips"].to_numpy()
+    for abbr, fips in (("CA", 6), ("IL", 17)):
+        rows = layout[abbr]
+        assert (hh_state[rows["household"]] == fips).all()
+        assert (hh_state[rows["household"]] == fips).sum() == (hh_state == fips).sum()
+        persons = tables["person"].iloc[rows["person"]]
+        assert persons["person_household_id"].isin(
+            tables["household"]["household_id"][hh_state == fips]).all()
+        assert list(templates[abbr]["tax_unit"].columns) == ["tax_unit_id"]
+        assert len(templates[abbr]["person"]) == rows["person"].stop - rows["person"].start
+    # interleaved: a state whose rows are split is not routed (its rules run on every row)
+    mixed = synthetic_tables(9, seed=4, states=(6, 17))
+    hh = mixed["household"]["state_fips"].to_numpy()
+    starts = hh[np.r_[True, hh[1:] != hh[:-1]]]
+    split = {simu.STATE_ABBR[st] for st in (6, 17) if (starts == st).sum() > 1}
+    assert split  # the fixture interleaves
+    assert set(simu.state_layout(mixed)[0]) == {"CA", "IL"} - split
+
+
 def _chunk_results(age_in_second_chunk):
     tables = synthetic_tables(3, seed=2)
     n_person = len(tables["person"])
@@ -213,6 +246,22 @@ def test_a_state_rule_that_branches_runs_on_all_rows(small_dataset, county_table
     for v in variables:
         np.testing.assert_allclose(stacked[v][1], alone[v][0], rtol=1e-6, err_msg=v)
         assert (stacked[v][0] == 0).all()  # Delaware's rules are zero in Alaska
+
+
+@pytest.mark.slow
+def test_stacked_areas_route_state_rules_exactly(small_dataset):
+    """validation's stacked area simulation: two states, routed and unrouted, equal values."""
+    from calibration_core import validation as val
+
+    _, tables = small_dataset
+    ordered = _tables_in_state_order(tables)
+    stacked = val.StackedAreas(ordered, np.zeros(len(ordered["household"]), dtype=int), ["x"])
+    assert len(simu.state_layout(ordered)[0]) == 2
+    variables = ["snap", "eitc", "adjusted_gross_income", "medicaid_enrolled"]
+    routed, _ = val.simulate_areas(stacked, variables, 2024, route=True)
+    plain, _ = val.simulate_areas(stacked, variables, 2024, route=False)
+    for v in variables:
+        np.testing.assert_array_equal(routed[v], plain[v], err_msg=v)
 
 
 @pytest.mark.slow
