@@ -441,10 +441,11 @@ def _microsimulation(tables: dict[str, pd.DataFrame], year: int, kind: str = "pl
 # no row is in the state. In a stack of k states each state's own rules therefore run on k times
 # the rows they need: in a 51-state stack of 1,000 households 82% of the time went to other
 # states' rows (Alaska's child-care rate alone: 49 s). The router sends such a formula to a small
-# "block" simulation of the rows of its state (one copy of the households); everything the formula
-# reads that is not that state's own rule comes from the stacked simulation, sliced to the block,
-# so shared work is still done once for all states. A formula that opens a branch (a
-# counterfactual with changed inputs) cannot be served from a block and runs on all rows.
+# "block" simulation of the rows of its state (one copy of the households, or one state's area
+# files in validation); everything the formula reads that is not that state's own rule comes
+# from the stacked simulation, sliced to the block, so shared work is still done once for all
+# states. A formula that opens a branch (a counterfactual with changed inputs) cannot be served
+# from a block and runs on all rows.
 
 
 class _Unroutable(Exception):
@@ -576,7 +577,7 @@ def _routing_classes() -> dict:
             return full
 
     class BlockSimulation(Microsimulation):
-        """The rows of one state copy: computes that state's own rules, reads the rest from the
+        """The rows of one state: computes that state's own rules, reads the rest from the
         stack."""
 
         router: StateRouter
