@@ -56,7 +56,7 @@ GEO_ROOTS = frozenset({"state_fips", "county_fips", "county", "state_code", "sta
 ALL_STATES = "*"
 STATE_ORDER: tuple[int, ...] = tuple(sorted(fips for _, fips, _, _ in STATES))
 # Households per stacked simulation: a memory bound (about 90 kB per household: a 51-state stack
-# of 1,000 households peaked at 4.5 GB). Since each state's own rules run on its rows only
+# of 1,000 households held 4.5 GB). Since each state's own rules run on its rows only
 # (StateRouter), a larger stack no longer costs more per state, and the per-simulation start is
 # shared: bench/bench_state_simulations.py, 2 workers, 1,000 households, 51 states: 115 s with
 # 26,000 against 145 s unrouted with 6,000 (that setting's optimum); 3,000: 172 s against 241 s.
@@ -436,7 +436,7 @@ def _microsimulation(tables: dict[str, pd.DataFrame], year: int, kind: str = "pl
 # --------------------------------------------------------------------------------------------
 # a state's own rules on that state's rows only
 #
-# policyengine-core runs a formula gated by ``defined_for`` (e.g. ``StateCode.AK``: 3,989
+# policyengine-core runs a formula gated by ``defined_for`` (e.g. ``StateCode.AK``: 3,970
 # policyengine-us variables) on every row and masks the result afterwards; it skips it only when
 # no row is in the state. In a stack of k states each state's own rules therefore run on k times
 # the rows they need: in a 51-state stack of 1,000 households 82% of the time went to other
@@ -711,11 +711,11 @@ def simulate_chunk(tables: dict[str, pd.DataFrame], states: Sequence[int],
             out[v] = values.reshape(len(states), -1)
         if trace_into is not None:
             edges, unexplored = _trace_graph(sim)
-            gates = _state_gates(sim.tax_benefit_system)
+            router = getattr(sim, "router", None)
+            gates = router.gates if router is not None else _state_gates(sim.tax_benefit_system)
             trace_into["dependence"] = classify_state_dependence(variables, edges, gates,
                                                                  unexplored)
             trace_into["entity"] = entity
-            router = getattr(sim, "router", None)
             trace_into["routed_formulas"] = 0 if router is None else router.routed_calls
             trace_into["unroutable"] = [] if router is None else sorted(router.unroutable)
     finally:
@@ -744,11 +744,13 @@ def _dataset_key(path) -> tuple:
     return (str(path), st.st_mtime_ns, st.st_size)
 
 
-def _chunk_task(args):
+def _chunk_task(args, tables: dict[str, pd.DataFrame] | None = None):
+    """One chunk, in a worker (reads the dataset) or in this process (``tables`` given)."""
     path, states, variables, counties, year, forced_true, trace, route = args
-    from .h5_dataset import read_dataset
+    if tables is None:
+        from .h5_dataset import read_dataset
 
-    tables, _ = read_dataset(path)
+        tables, _ = read_dataset(path)
     t0 = time.time()
     trace_info = {} if trace else None
     values = simulate_chunk(tables, states, variables, counties, year, forced_true,
@@ -938,7 +940,7 @@ def simulate_states(
                                    mp_context=mp.get_context("spawn"))
     try:
         # the traced chunk is submitted first, so it never waits behind the others
-        results = (map(_run_local, [tables] * len(tasks), tasks) if pool is None
+        results = (map(_chunk_task, tasks, [tables] * len(tasks)) if pool is None
                    else pool.map(_chunk_task, tasks))
         return _collect(results, tables, structure, variables, specs, counties, chunks, states,
                         workers, year, log, t_start)
@@ -1012,10 +1014,3 @@ def _collect(results, tables, structure, variables, specs, counties, chunks, sta
                             meta)
 
 
-def _run_local(tables, task):
-    path, states, variables, counties, year, forced, trace, route = task
-    t0 = time.time()
-    trace_info = {} if trace else None
-    values = simulate_chunk(tables, states, variables, counties, year, forced,
-                            reuse_key=_dataset_key(path), trace_into=trace_info, route=route)
-    return list(states), values, time.time() - t0, os.getpid(), trace_info
