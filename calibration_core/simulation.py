@@ -29,6 +29,7 @@ policyengine-us is imported only inside the functions that simulate (~45 s per p
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -467,16 +468,32 @@ class StateRouter:
         self.year = year
         self.gates = _state_gates(parent.tax_benefit_system)
         self.blocks: dict[str, object] = {}
+        self.templates: dict[str, dict[str, pd.DataFrame]] = {}
+        self.spare: dict[str, list] = {}  # emptied blocks by the ids they were built from
+        self.blocks_built = self.blocks_reused = 0
         self.unroutable: set[str] = set()
         self.place(layout, templates)
 
     def place(self, layout: dict[str, dict[str, slice]],
               templates: dict[str, dict[str, pd.DataFrame]]) -> None:
-        """Where each state's rows are (a reused stack moves its copies): blocks are rebuilt on
-        demand."""
+        """Where each state's rows are (a reused stack moves its copies). The blocks of the
+        previous placement are kept aside and serve, emptied, any state whose block has the
+        same ids (every copy of a stack has): building one costs ~0.12 s, emptying ~0.01 s."""
+        for abbr, sim in self.blocks.items():
+            self.spare.setdefault(self._ids_key(self.templates[abbr]), []).append(sim)
         self.layout, self.templates = layout, templates
-        self.blocks.clear()
+        self.blocks = {}
         self.routed_calls = 0
+
+    @staticmethod
+    def _ids_key(template: dict[str, pd.DataFrame]) -> str:
+        digest = hashlib.blake2b(digest_size=16)
+        for e in ENTITIES:
+            digest.update(e.encode())
+            for c in template[e].columns:
+                digest.update(c.encode())
+                digest.update(np.ascontiguousarray(template[e][c].to_numpy()).tobytes())
+        return digest.hexdigest()
 
     def rows(self, abbr: str, entity: str) -> slice:
         return self.layout[abbr][entity]
@@ -492,10 +509,18 @@ class StateRouter:
     def block(self, abbr: str):
         sim = self.blocks.get(abbr)
         if sim is None:
-            sim = _microsimulation(self.templates[abbr], self.year, kind="block")
+            spare = self.spare.get(self._ids_key(self.templates[abbr])) if self.spare else None
+            if spare:
+                sim = spare.pop()
+                sim.branches.clear()
+                sim.drop_computed_arrays()  # the state it served before
+                self.blocks_reused += 1
+            else:
+                sim = _microsimulation(self.templates[abbr], self.year, kind="block")
+                self.blocks_built += 1
             sim.router, sim.abbr = self, abbr
-            if getattr(self.parent, "trace", False):
-                sim.trace = True
+            sim.trace = bool(getattr(self.parent, "trace", False))
+            if sim.trace:
                 sim.tracer = _edge_tracer()
             self.blocks[abbr] = sim
         return sim
@@ -558,6 +583,21 @@ def _routing_classes() -> dict:
         """A stack of state copies whose state-gated formulas run in per-state blocks."""
 
         router: StateRouter | None = None
+
+        # Unweighted by default: policyengine-core sums a month variable over a year with
+        # ``self.calculate(v, month)`` and divides a year with ``self.calculate_divide`` (blocks
+        # read the stack that way too); weighted, each answer projects the household weights
+        # and builds a pandas series - row work on every stacked row that no value needs (20%
+        # of an 8-state stack of 1,000 households).
+        def calculate(self, variable_name, period=None, map_to=None, use_weights=False,
+                      decode_enums=True):
+            return super().calculate(variable_name, period, map_to, use_weights, decode_enums)
+
+        def calculate_add(self, variable_name, period=None, map_to=None, use_weights=False):
+            return super().calculate_add(variable_name, period, map_to, use_weights)
+
+        def calculate_divide(self, variable_name, period=None, map_to=None, use_weights=False):
+            return super().calculate_divide(variable_name, period, map_to, use_weights)
 
         def _run_formula(self, variable, population, period):
             router = self.router

@@ -231,6 +231,32 @@ def test_state_rules_ran_on_their_own_rows(stacked):
 
 
 @pytest.mark.slow
+def test_a_reused_stack_reuses_its_blocks_and_stays_exact(small_dataset, county_table,
+                                                          stacked, separate):
+    """The second chunk of a reused stack serves its states from the first chunk's emptied
+    block simulations; every value still equals the state simulated on its own."""
+    _, tables = small_dataset
+    counties = simu.representative_counties(county_table)
+    forced = [(s.entity, s.input) for s in simu.takeup_specs_for(stacked.variables)]
+    simu._SIM_CACHE.clear()
+    try:
+        for chunk in ([2, 36], [48, 6]):
+            out = simu.simulate_chunk(tables, chunk, stacked.variables, counties,
+                                      forced_true=forced, reuse_key="reuse-test")
+            for k, state in enumerate(chunk):
+                for v in stacked.variables:
+                    np.testing.assert_array_equal(out[v][k], separate[state][v],
+                                                  err_msg=f"{v} in {state}")
+        sim = next(iter(simu._SIM_CACHE.values()))
+        router = sim.router
+        assert router.blocks_reused >= 1 and router.blocks_built <= 2
+        # the stack answers unweighted (no per-month weight projection): plain arrays
+        assert isinstance(sim.calculate_add("snap", 2024), np.ndarray)
+    finally:
+        simu._SIM_CACHE.clear()
+
+
+@pytest.mark.slow
 def test_a_state_rule_that_branches_runs_on_all_rows(small_dataset, county_table):
     """Delaware's EITC choice compares its tax in two branches (a counterfactual with changed
     inputs): a block simulation cannot serve it, so it falls back to every row - and the stack
