@@ -987,7 +987,9 @@ def simulate_states(
     finally:
         _SIM_CACHE.clear()
         if pool is not None:
-            pool.shutdown(cancel_futures=True)
+            # the results are in: let the workers tear their simulations down (~10 s for a
+            # 26,000-household stack) without holding up the caller
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _collect(results, tables, structure, variables, specs, counties, chunks, states, workers,
