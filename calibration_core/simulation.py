@@ -908,14 +908,17 @@ def load_state_simulations(path: str | os.PathLike) -> StateSimulations:
 def plan_chunks(n_households: int, states: Sequence[int], max_households_per_chunk: int,
                 workers: int = 1) -> list[list[int]]:
     """Split ``states`` into consecutive groups of at most ``max_households_per_chunk //
-    n_households`` states (at least one), balanced in size; with several workers the number
-    of groups is rounded up to a multiple of ``workers`` (while states last), so that no worker
-    runs one more chunk than the others."""
+    n_households`` states (at least one), balanced in size, the smaller groups first (the
+    first runs traced, ~15% slower); with several workers the number of groups is rounded up
+    to a multiple of ``workers`` (while states last), so that no worker runs one more chunk
+    than the others."""
     per = max(1, int(max_households_per_chunk) // max(1, n_households))
     n_chunks = -(-len(states) // per)
     if workers > 1:
         n_chunks = min(len(states), -(-n_chunks // workers) * workers)
-    return [list(c) for c in np.array_split(np.asarray(states), n_chunks) if len(c)]
+    sizes = sorted(len(c) for c in np.array_split(np.arange(len(states)), n_chunks))
+    ends = np.cumsum(sizes)
+    return [list(states[a:b]) for a, b in zip(np.r_[0, ends[:-1]], ends) if b > a]
 
 
 def simulate_states(

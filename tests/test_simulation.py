@@ -79,6 +79,7 @@ def test_plan_chunks_bounds_households():
     two = simu.plan_chunks(3000, list(simu.STATE_ORDER), 26_000, workers=2)
     assert len(two) == 8 and sorted({len(c) for c in two}) == [6, 7]
     assert [s for c in two for s in c] == list(simu.STATE_ORDER)
+    assert len(two[0]) == 6  # the traced (slower) chunk is one of the smaller ones
     assert len(simu.plan_chunks(1000, list(simu.STATE_ORDER), 26_000, workers=2)) == 2
 
 
