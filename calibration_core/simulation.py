@@ -59,8 +59,9 @@ STATE_ORDER: tuple[int, ...] = tuple(sorted(fips for _, fips, _, _ in STATES))
 # Households per stacked simulation: a memory bound (about 90 kB per household: a 51-state stack
 # of 1,000 households held 4.5 GB). Since each state's own rules run on its rows only
 # (StateRouter), a larger stack no longer costs more per state, and the per-simulation start is
-# shared: bench/bench_state_simulations.py, 2 workers, 1,000 households, 51 states: 115 s with
-# 26,000 against 145 s unrouted with 6,000 (that setting's optimum); 3,000: 172 s against 241 s.
+# shared: bench/bench_state_simulations.py, 2 workers, 1,000 households, 51 states: 96 s with
+# 26,000 against 154 s unrouted with 6,000 (that setting's optimum); 3,000: 151 s against 258 s.
+# 40,000 was slower at 3,000 households (156-161 s against 150-153 s).
 DEFAULT_CHUNK_HOUSEHOLDS = 26_000
 
 
