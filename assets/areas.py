@@ -60,9 +60,8 @@ class AreaConfig(dg.Config):
 
 class ValidationConfig(dg.Config):
     areas: Optional[str] = None  # "all" | "sample"; None: the preset's validation_areas
-    # one stacked simulation holds ~90 kB per household; each state's own rules run on its rows
-    max_households_per_simulation: int = 35_000
-    states_per_simulation: int = 51
+    max_households_per_simulation: int = val.MAX_HOUSEHOLDS_PER_SIMULATION
+    states_per_simulation: int = val.STATES_PER_SIMULATION
 
 
 def area_path(store: ArtifactStore, key: str) -> Path:

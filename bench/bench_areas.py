@@ -39,6 +39,7 @@ from calibration_core import assembly as asm  # noqa: E402
 from calibration_core.areas import STATE_FIPS, all_area_keys, parse_area_key  # noqa: E402
 from calibration_core.h5_dataset import read_dataset, write_dataset  # noqa: E402
 from calibration_core.io_utils import sha256_file  # noqa: E402
+from calibration_core import validation as val  # noqa: E402
 
 GOAL_SECONDS = 300.0
 TARGET_VARIABLES = ["adjusted_gross_income", "age", "eitc", "medicaid_enrolled", "snap",
@@ -46,8 +47,6 @@ TARGET_VARIABLES = ["adjusted_gross_income", "age", "eitc", "medicaid_enrolled",
 
 
 def _simulate(out: str, states_per_simulation: int) -> None:
-    from calibration_core import validation as val
-
     t0 = time.perf_counter()
     import policyengine_us  # noqa: F401
 
@@ -69,7 +68,8 @@ def _simulate(out: str, states_per_simulation: int) -> None:
     sizes = np.array([len(p["household"]) for p in pieces])
     rows = []
     t1 = time.perf_counter()
-    for g in val._groups(states, sizes, states_per_simulation, 35_000):
+    for g in val._groups(states, sizes, states_per_simulation,
+                         val.MAX_HOUSEHOLDS_PER_SIMULATION):
         t2 = time.perf_counter()
         stacked = val.stack_areas([str(i) for i in g], [pieces[i] for i in g])
         val.simulate_areas(stacked, TARGET_VARIABLES, 2024)
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out")
     ap.add_argument("--simulate", action="store_true")
-    ap.add_argument("--states-per-simulation", type=int, default=51)
+    ap.add_argument("--states-per-simulation", type=int, default=val.STATES_PER_SIMULATION)
     args = ap.parse_args(argv)
     if not args.store and not (args.microdata and args.raw_dir):
         ap.error("give --store, or --microdata and --raw-dir")

@@ -5,7 +5,9 @@ CPS file) and the same variables (those the targets DB needs), times
 
 * reference: one policyengine-us simulation per state, every needed variable computed in each
   (one simulation reused across states with ``branches.clear()`` + ``drop_computed_arrays()``,
-  the fastest correct variant of spec/FEASIBILITY §6);
+  the fastest correct variant of spec/FEASIBILITY §6), with ``--reference-engine`` stock
+  (policyengine-us's Microsimulation, as the reference ran it) and/or unweighted (our class:
+  unweighted answers inside, 3.4x faster on its own - the like-for-like comparison);
 * ours: :func:`calibration_core.simulation.simulate_states` - stacked multi-state chunks
   (``--chunk`` households per chunk) on ``--workers`` processes, the first chunk traced to find
   the state-invariant variables (stored once);
@@ -56,13 +58,23 @@ def make_dataset(raw: Path, n: int, out: Path) -> Path:
     return write_dataset(out, strat, 2024)
 
 
-def reference_loop(path: Path, variables, states, counties) -> dict:
-    """One reused simulation, one state after another (spec §4.4 / FEASIBILITY §6)."""
+def reference_loop(path: Path, variables, states, counties, engine: str) -> dict:
+    """One reused simulation, one state after another (spec §4.4 / FEASIBILITY §6); ``engine``
+    "stock": policyengine-us's Microsimulation, as the reference ran it; "unweighted": ours
+    (:func:`calibration_core.simulation._microsimulation`, unweighted answers inside)."""
     tables, _ = read_dataset(path)
     specs = simu.takeup_specs_for(variables)
     forced = [(s.entity, s.input) for s in specs]
     t0 = time.perf_counter()
-    sim = simu._microsimulation(simu.stack_tables(tables, [states[0]], counties, forced), 2024)
+    stacked = simu.stack_tables(tables, [states[0]], counties, forced)
+    if engine == "stock":
+        from policyengine_us import Microsimulation
+        from policyengine_us.data.dataset_schema import USSingleYearDataset
+
+        sim = Microsimulation(dataset=USSingleYearDataset(**stacked, time_period=2024),
+                              dataset_end_year=2024)
+    else:
+        sim = simu._microsimulation(stacked, 2024)
     n = len(tables["household"])
     per_state = []
     for state in states:
@@ -87,6 +99,10 @@ def main(argv=None) -> None:
     ap.add_argument("--chunk", type=int, default=simu.DEFAULT_CHUNK_HOUSEHOLDS)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--reference-engine", nargs="+", choices=["stock", "unweighted"],
+                    default=["stock", "unweighted"],
+                    help="stock: policyengine-us's Microsimulation, as the reference ran it; "
+                    "unweighted: the same simulation class as ours")
     ap.add_argument("--compare-unrouted", type=int, default=0, metavar="CHUNK",
                     help="also time ours without routing, CHUNK households per simulation")
     ap.add_argument("--work", type=Path, default=None)
@@ -131,21 +147,21 @@ def main(argv=None) -> None:
                 b = plain.invariant.get(v, plain.by_state.get(v))
                 if a.shape != b.shape or not np.array_equal(a, b):
                     raise SystemExit(f"routed and unrouted values of {v!r} differ")
-        ref_51 = float("nan")
-        ref_measured = float("nan")
-        if not args.skip_reference:
-            print(f"[{n}] reference: one simulation per state, {len(ref_states)} states, fresh "
-                  "process", flush=True)
+        ref_51 = {}
+        for engine in ([] if args.skip_reference else args.reference_engine):
+            print(f"[{n}] reference ({engine}): one simulation per state, {len(ref_states)} "
+                  "states, fresh process", flush=True)
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-                ref = pool.submit(reference_loop, path, variables, ref_states, counties).result()
-            ref_measured = ref["seconds"]
+                ref = pool.submit(reference_loop, path, variables, ref_states, counties,
+                                  engine).result()
             ps = ref["per_state"]
             setup = ref["seconds"] - sum(ps)  # import + first simulation object
-            ref_51 = setup + ps[0] + (np.mean(ps[1:]) if len(ps) > 1 else ps[0]) * 50
-            print(f"    per state: {np.round(ps, 1).tolist()}", flush=True)
+            ref_51[engine] = setup + ps[0] + (np.mean(ps[1:]) if len(ps) > 1 else ps[0]) * 50
+            print(f"    measured {ref['seconds']:.1f} s; per state: {np.round(ps, 1).tolist()}",
+                  flush=True)
         # assembly for the demo preset's clones
         preset = get_preset("demo")
         agi_mass, _ = geo_mod.district_agi(targets, population)
@@ -158,18 +174,19 @@ def main(argv=None) -> None:
                                     tables["household"]["household_weight"].to_numpy(),
                                     pkg.load_target_config())
         build = time.perf_counter() - t
+        row = {"households": n, "reference states run": len(ref_states),
+               "ours wall s (51 states)": round(ours_wall, 1),
+               "ours cpu s (all chunks)": round(ours_cpu, 1)}
+        for engine, seconds in ref_51.items():
+            row[f"reference {engine} s (51 states)"] = round(seconds, 1)
+            row[f"speed-up wall vs {engine}"] = round(seconds / ours_wall, 2)
+            row[f"speed-up cpu vs {engine}"] = round(seconds / ours_cpu, 2)
         rows.append({
-            "households": n, "reference states run": len(ref_states),
-            "reference s (51 states)": round(ref_51, 1),
-            "ours wall s (51 states)": round(ours_wall, 1),
-            "ours cpu s (all chunks)": round(ours_cpu, 1),
-            "speed-up wall": round(ref_51 / ours_wall, 2),
-            "speed-up cpu": round(ref_51 / ours_cpu, 2),
+            **row,
             "unrouted wall s": round(unrouted.get("wall", float("nan")), 1),
             "unrouted cpu s": round(unrouted.get("cpu", float("nan")), 1),
             "ours: traced chunk s": m["traced_chunk_seconds"],
             "ours: chunks": len(m["chunks"]), "ours: chunk s": m["chunk_seconds"],
-            "measured reference s": round(ref_measured, 1),
             "package": f"{package.n_targets} x {package.n_columns}",
             "nnz": package.matrix.nnz, "assembly s": package.metadata["assembly_seconds"],
             "package build s": round(build, 2),

@@ -59,9 +59,10 @@ STATE_ORDER: tuple[int, ...] = tuple(sorted(fips for _, fips, _, _ in STATES))
 # Households per stacked simulation: a memory bound (about 90 kB per household: a 51-state stack
 # of 1,000 households held 4.5 GB). Since each state's own rules run on its rows only
 # (StateRouter), a larger stack no longer costs more per state, and the per-simulation start is
-# shared: bench/bench_state_simulations.py, 2 workers, 1,000 households, 51 states: 96 s with
-# 26,000 against 154 s unrouted with 6,000 (that setting's optimum); 3,000: 151 s against 258 s.
-# 40,000 was slower at 3,000 households (156-161 s against 150-153 s).
+# shared: bench/bench_state_simulations.py --compare-unrouted, 2 workers, 1,000 households, 51
+# states: 96 s with 26,000 against 154 s unrouted with 6,000 (that setting's optimum); 3,000:
+# 151 s against 258 s (the unrouted path still answered weighted then). 40,000 was slower at
+# 3,000 households (156-161 s against 150-153 s).
 DEFAULT_CHUNK_HOUSEHOLDS = 26_000
 
 
@@ -425,12 +426,11 @@ def stack_tables(tables: dict[str, pd.DataFrame], states: Sequence[int | None],
 
 
 def _microsimulation(tables: dict[str, pd.DataFrame], year: int, kind: str = "plain"):
-    """A policyengine-us Microsimulation of ``tables``; ``kind`` "stacked" or "block" gives the
-    routing subclasses of :func:`_routing_classes`."""
-    from policyengine_us import Microsimulation
+    """A policyengine-us Microsimulation of ``tables`` that answers unweighted by default;
+    ``kind`` "stacked" or "block" gives the routing subclasses (:func:`_simulation_classes`)."""
     from policyengine_us.data.dataset_schema import USSingleYearDataset
 
-    cls = Microsimulation if kind == "plain" else _routing_classes()[kind]
+    cls = _simulation_classes()[kind]
     dataset = USSingleYearDataset(**tables, time_period=year)
     return cls(dataset=dataset, dataset_end_year=year)
 
@@ -568,28 +568,27 @@ def state_layout(tables: dict[str, pd.DataFrame]
     return layout, templates
 
 
-_ROUTING_CLASSES: dict = {}
+_SIMULATION_CLASSES: dict = {}
 
 
-def _routing_classes() -> dict:
-    """The two Microsimulation subclasses (built on first use: policyengine-us imports slowly)."""
-    if _ROUTING_CLASSES:
-        return _ROUTING_CLASSES
+def _simulation_classes() -> dict:
+    """The Microsimulation subclasses this module builds (on first use: policyengine-us imports
+    slowly): "plain" (unweighted by default), "stacked" and "block" (state routing)."""
+    if _SIMULATION_CLASSES:
+        return _SIMULATION_CLASSES
     from policyengine_core.periods import Period
     from policyengine_core.periods import period as make_period
     from policyengine_core.simulations import Simulation as CoreSimulation
     from policyengine_us import Microsimulation
 
-    class StackedSimulation(Microsimulation):
-        """A stack of state copies whose state-gated formulas run in per-state blocks."""
+    class UnweightedSimulation(Microsimulation):
+        """Answers unweighted by default. policyengine-core sums a month variable over a year
+        with ``self.calculate(v, month)`` and divides a year with ``self.calculate_divide``
+        (blocks read the stack that way too); a Microsimulation answers those weighted -
+        projects the household weights onto the entity and builds a pandas series, each time.
+        No value here needs weights: a one-state simulation of 1,000 households computed the
+        targets' variables 3.4x faster unweighted, with identical values."""
 
-        router: StateRouter | None = None
-
-        # Unweighted by default: policyengine-core sums a month variable over a year with
-        # ``self.calculate(v, month)`` and divides a year with ``self.calculate_divide`` (blocks
-        # read the stack that way too); weighted, each answer projects the household weights
-        # and builds a pandas series - row work on every stacked row that no value needs (20%
-        # of an 8-state stack of 1,000 households).
         def calculate(self, variable_name, period=None, map_to=None, use_weights=False,
                       decode_enums=True):
             return super().calculate(variable_name, period, map_to, use_weights, decode_enums)
@@ -599,6 +598,11 @@ def _routing_classes() -> dict:
 
         def calculate_divide(self, variable_name, period=None, map_to=None, use_weights=False):
             return super().calculate_divide(variable_name, period, map_to, use_weights)
+
+    class StackedSimulation(UnweightedSimulation):
+        """A stack of state copies whose state-gated formulas run in per-state blocks."""
+
+        router: StateRouter | None = None
 
         def _run_formula(self, variable, population, period):
             router = self.router
@@ -617,7 +621,7 @@ def _routing_classes() -> dict:
             full[router.rows(abbr, variable.entity.key)] = values
             return full
 
-    class BlockSimulation(Microsimulation):
+    class BlockSimulation(UnweightedSimulation):
         """The rows of one state: computes that state's own rules, reads the rest from the
         stack."""
 
@@ -688,8 +692,9 @@ def _routing_classes() -> dict:
         def get_branch(self, *args, **kwargs):
             raise _Unroutable("a block simulation has no inputs to branch from")
 
-    _ROUTING_CLASSES.update(stacked=StackedSimulation, block=BlockSimulation)
-    return _ROUTING_CLASSES
+    _SIMULATION_CLASSES.update(plain=UnweightedSimulation, stacked=StackedSimulation,
+                               block=BlockSimulation)
+    return _SIMULATION_CLASSES
 
 
 # per process: stacked simulations kept for reuse, keyed by (dataset key, states per chunk)

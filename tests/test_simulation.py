@@ -192,13 +192,20 @@ def stacked(small_dataset, county_table):
 
 @pytest.fixture(scope="session")
 def separate(small_dataset, county_table, stacked):
-    """One simulation per state, reused across states the way the reference pipeline does."""
-    from calibration_core.simulation import _as_plain, _microsimulation, stack_tables
+    """One stock policyengine-us Microsimulation per state (weighted answers inside, as the
+    reference pipeline ran it), reused across states."""
+    from policyengine_us import Microsimulation
+    from policyengine_us.data.dataset_schema import USSingleYearDataset
+
+    from calibration_core.simulation import _as_plain, stack_tables
 
     _, tables = small_dataset
     counties = simu.representative_counties(county_table)
     forced = [(s.entity, s.input) for s in simu.takeup_specs_for(stacked.variables)]
-    sim = _microsimulation(stack_tables(tables, [STATES[0]], counties, forced), 2024)
+    dataset = USSingleYearDataset(**stack_tables(tables, [STATES[0]], counties, forced),
+                                  time_period=2024)
+    sim = Microsimulation(dataset=dataset, dataset_end_year=2024)
+    assert type(sim) is Microsimulation  # the stock class, not ours
     out = {}
     for state in STATES:
         sim.set_input("state_fips", 2024, np.full(N_HOUSEHOLDS, state))
