@@ -573,13 +573,18 @@ _SIMULATION_CLASSES: dict = {}
 
 def _simulation_classes() -> dict:
     """The Microsimulation subclasses this module builds (on first use: policyengine-us imports
-    slowly): "plain" (unweighted by default), "stacked" and "block" (state routing)."""
+    slowly): "plain" (unweighted by default), "stacked" and "block" (state routing). Also
+    installs :mod:`engine_speedups` (exact; process-wide)."""
     if _SIMULATION_CLASSES:
         return _SIMULATION_CLASSES
     from policyengine_core.periods import Period
     from policyengine_core.periods import period as make_period
     from policyengine_core.simulations import Simulation as CoreSimulation
     from policyengine_us import Microsimulation
+
+    from . import engine_speedups
+
+    engine_speedups.install()
 
     class UnweightedSimulation(Microsimulation):
         """Answers unweighted by default. policyengine-core sums a month variable over a year

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from calibration_core import engine_speedups
 from calibration_core import simulation as simu
 from calibration_core.h5_dataset import write_dataset
 from tests.package_fixtures import STATE_COUNTY, synthetic_tables, synthetic_targets
@@ -193,7 +194,7 @@ def stacked(small_dataset, county_table):
 @pytest.fixture(scope="session")
 def separate(small_dataset, county_table, stacked):
     """One stock policyengine-us Microsimulation per state (weighted answers inside, as the
-    reference pipeline ran it), reused across states."""
+    reference pipeline ran it; without our engine speed-ups), reused across states."""
     from policyengine_us import Microsimulation
     from policyengine_us.data.dataset_schema import USSingleYearDataset
 
@@ -207,13 +208,14 @@ def separate(small_dataset, county_table, stacked):
     sim = Microsimulation(dataset=dataset, dataset_end_year=2024)
     assert type(sim) is Microsimulation  # the stock class, not ours
     out = {}
-    for state in STATES:
-        sim.set_input("state_fips", 2024, np.full(N_HOUSEHOLDS, state))
-        sim.set_input("county_fips", 2024, np.full(N_HOUSEHOLDS, counties[state]))
-        sim.branches.clear()
-        sim.drop_computed_arrays()
-        out[state] = {v: _as_plain(sim.calculate(v, 2024, use_weights=False))
-                      for v in stacked.variables}
+    with engine_speedups.stock_engine():  # policyengine-core as released
+        for state in STATES:
+            sim.set_input("state_fips", 2024, np.full(N_HOUSEHOLDS, state))
+            sim.set_input("county_fips", 2024, np.full(N_HOUSEHOLDS, counties[state]))
+            sim.branches.clear()
+            sim.drop_computed_arrays()
+            out[state] = {v: _as_plain(sim.calculate(v, 2024, use_weights=False))
+                          for v in stacked.variables}
     return out
 
 
