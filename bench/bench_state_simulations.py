@@ -131,7 +131,8 @@ def main(argv=None) -> None:
                                     log=lambda m: print("   ", m, flush=True))
         ours_wall = time.perf_counter() - t
         m = sims.metadata
-        ours_cpu = sum(m["chunk_seconds"])  # the traced chunk included
+        # the traced chunk and each worker's policyengine-us start included
+        ours_cpu = sum(m["chunk_seconds"]) + sum(m["start_seconds"])
         unrouted = {}
         if args.compare_unrouted:
             print(f"[{n}] ours without routing: chunk {args.compare_unrouted}", flush=True)
@@ -141,7 +142,8 @@ def main(argv=None) -> None:
                                          workers=args.workers, route=False,
                                          log=lambda m: print("   ", m, flush=True))
             unrouted = {"wall": time.perf_counter() - t,
-                        "cpu": sum(plain.metadata["chunk_seconds"])}
+                        "cpu": sum(plain.metadata["chunk_seconds"])
+                        + sum(plain.metadata["start_seconds"])}
             for v in sims.variables:  # the same values either way
                 a = sims.invariant.get(v, sims.by_state.get(v))
                 b = plain.invariant.get(v, plain.by_state.get(v))
@@ -185,6 +187,7 @@ def main(argv=None) -> None:
             **row,
             "unrouted wall s": round(unrouted.get("wall", float("nan")), 1),
             "unrouted cpu s": round(unrouted.get("cpu", float("nan")), 1),
+            "ours: policyengine-us starts s": [x for x in m["start_seconds"] if x >= 0.5],
             "ours: traced chunk s": m["traced_chunk_seconds"],
             "ours: chunks": len(m["chunks"]), "ours: chunk s": m["chunk_seconds"],
             "package": f"{package.n_targets} x {package.n_columns}",

@@ -803,10 +803,12 @@ def _chunk_task(args, tables: dict[str, pd.DataFrame] | None = None):
 
         tables, _ = read_dataset(path)
     t0 = time.time()
+    _simulation_classes()  # a worker's first chunk starts policyengine-us (~45 s)
+    t1 = time.time()
     trace_info = {} if trace else None
     values = simulate_chunk(tables, states, variables, counties, year, forced_true,
                             reuse_key=_dataset_key(path), trace_into=trace_info, route=route)
-    return list(states), values, time.time() - t0, os.getpid(), trace_info
+    return list(states), values, time.time() - t1, t1 - t0, os.getpid(), trace_info
 
 
 # --------------------------------------------------------------------------------------------
@@ -1011,17 +1013,20 @@ def _collect(results, tables, structure, variables, specs, counties, chunks, sta
     row_of = {s: i for i, s in enumerate(STATE_ORDER)}
     parts: dict[str, list] = {v: [] for v in variables}
     rows_done: list[int] = []
-    chunk_times = []
+    chunk_times, start_times = [], []
     trace = None
-    for chunk_states, values, seconds, pid, trace_info in results:
+    for chunk_states, values, seconds, start_seconds, pid, trace_info in results:
         rows_done += [row_of[s] for s in chunk_states]
         for v in variables:
             parts[v].append(values[v])
         chunk_times.append(round(seconds, 2))
+        start_times.append(round(start_seconds, 2))
         if trace_info is not None:
             trace = trace_info
+        started = f", after a policyengine-us start of {start_seconds:.1f} s" if (
+            start_seconds >= 0.5) else ""
         log(f"{'traced ' if trace_info is not None else ''}chunk of {len(chunk_states)} states x "
-            f"{structure.n_households} households: {seconds:.1f} s (pid {pid})")
+            f"{structure.n_households} households: {seconds:.1f} s (pid {pid}{started})")
     dependence, entity = trace["dependence"], trace["entity"]
     dependent = [v for v in variables if dependence[v]]
     invariant_vars = [v for v in variables if not dependence[v]]
@@ -1060,6 +1065,8 @@ def _collect(results, tables, structure, variables, specs, counties, chunks, sta
         "traced_chunk_routed_formulas": int(trace.get("routed_formulas", 0)),
         "unroutable_formulas": list(trace.get("unroutable", [])),
         "stacked_seconds": round(float(sum(chunk_times)), 2),
+        # policyengine-us start-up paid before each chunk (a worker's first one; 0 after)
+        "start_seconds": start_times,
         "total_seconds": round(time.time() - t_start, 2),
         "representative_county": {STATE_ABBR[s]: c for s, c in sorted(counties.items())},
         "takeup_inputs_forced_true": [s.input for s in specs],

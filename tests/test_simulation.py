@@ -124,9 +124,11 @@ def _chunk_results(age_in_second_chunk):
     trace = {"dependence": {"age": [], "snap": ["*"]}, "entity": {"age": "person",
                                                                   "snap": "spm_unit"}}
     n_spm = len(tables["spm_unit"])
-    results = [([1, 2], {"age": np.stack([age, age]), "snap": np.ones((2, n_spm))}, 1.0, 1, trace),
+    # (states, values, seconds, policyengine-us start seconds, pid, trace)
+    results = [([1, 2], {"age": np.stack([age, age]), "snap": np.ones((2, n_spm))}, 1.0, 40.0,
+                1, trace),
                ([4], {"age": age_in_second_chunk(age)[None], "snap": np.zeros((1, n_spm))},
-                1.0, 2, None)]
+                1.0, 0.0, 2, None)]
     return tables, results
 
 
@@ -140,6 +142,7 @@ def test_invariant_variables_are_stored_once_and_checked_in_every_chunk():
             assert set(out.invariant) == {"age"} and set(out.by_state) == {"snap"}
             assert out.by_state["snap"].shape[0] == 51
             assert out.metadata["traced_chunk_states"] == [1, 2]
+            assert out.metadata["start_seconds"] == [40.0, 0.0]
         else:
             with pytest.raises(simu.SimulationError, match="'age' was classified "
                                "state-invariant but differs in AZ from AL"):
@@ -222,6 +225,9 @@ def separate(small_dataset, county_table, stacked):
 @pytest.mark.slow
 def test_stacked_equals_separate_state_simulations(stacked, separate):
     assert stacked.metadata["chunks"] == [[2, 36], [48, 6]]
+    # policyengine-us starts once per process: nothing is paid before the second chunk
+    start = stacked.metadata["start_seconds"]
+    assert len(start) == 2 and start[0] >= 0 and start[1] < 0.5
     for state in STATES:
         row = simu.STATE_ORDER.index(state)
         for v in stacked.variables:
