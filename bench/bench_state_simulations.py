@@ -7,7 +7,8 @@ CPS file) and the same variables (those the targets DB needs), times
   (one simulation reused across states with ``branches.clear()`` + ``drop_computed_arrays()``,
   the fastest correct variant of spec/FEASIBILITY §6), with ``--reference-engine`` stock
   (policyengine-us's Microsimulation, as the reference ran it) and/or unweighted (our class:
-  unweighted answers inside, 3.4x faster on its own - the like-for-like comparison);
+  unweighted answers inside, 3.4x faster on its own, and ``engine_speedups`` - the
+  like-for-like comparison);
 * ours: :func:`calibration_core.simulation.simulate_states` - stacked multi-state chunks
   (``--chunk`` households per chunk) on ``--workers`` processes, the first chunk traced to find
   the state-invariant variables (stored once);
