@@ -93,7 +93,7 @@ def state_simulations(context: dg.AssetExecutionContext, config: StateSimulation
         "state_invariant": ", ".join(m["state_invariant"]) or "(none)",
         "chunks": len(m["chunks"]), "chunk_seconds": dg.MetadataValue.json(m["chunk_seconds"]),
         "traced_chunk_seconds": m["traced_chunk_seconds"], "stacked_seconds": m["stacked_seconds"],
-        "policyengine_start_seconds": round(float(sum(m.get("start_seconds", []))), 2),
+        "policyengine_start_seconds": round(float(sum(m["start_seconds"])), 2),
         # state rules computed on their own state's rows (StateRouter), and those that could not
         "traced_chunk_routed_formulas": m["traced_chunk_routed_formulas"],
         "unroutable_formulas": ", ".join(m["unroutable_formulas"]) or "(none)",

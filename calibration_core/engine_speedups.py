@@ -16,6 +16,7 @@ node indexed per row by other code (its rows' records are not known to be few).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,7 @@ _STOCK: dict = {}  # the replaced policyengine-core functions, by name
 _SHORTCUT_KINDS = "OUSiub"
 
 
+@cache  # resolved on every expanded lookup
 def _node_class():
     from policyengine_core.parameters.vectorial_parameter_node_at_instant import (
         VectorialParameterNodeAtInstant,
