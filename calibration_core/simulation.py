@@ -574,15 +574,17 @@ _SIMULATION_CLASSES: dict = {}
 def _simulation_classes() -> dict:
     """The Microsimulation subclasses this module builds (on first use: policyengine-us imports
     slowly): "plain" (unweighted by default), "stacked" and "block" (state routing). Also
-    installs :mod:`engine_speedups` (exact; process-wide)."""
+    installs :mod:`engine_speedups` (exact; process-wide; its start-up part only if
+    policyengine-us is not imported yet)."""
     if _SIMULATION_CLASSES:
         return _SIMULATION_CLASSES
+    from . import engine_speedups
+
+    engine_speedups.install_start_speedup()  # before policyengine-us builds its system
     from policyengine_core.periods import Period
     from policyengine_core.periods import period as make_period
     from policyengine_core.simulations import Simulation as CoreSimulation
     from policyengine_us import Microsimulation
-
-    from . import engine_speedups
 
     engine_speedups.install()
 

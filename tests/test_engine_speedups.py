@@ -1,6 +1,7 @@
 """engine_speedups: the fast vector-keyed parameter lookup gives exactly what policyengine-core
-gives (values, dtypes, nodes, errors) for the key kinds policyengine-us formulas use. Slow:
-needs policyengine-us."""
+gives (values, dtypes, nodes, errors) for the key kinds policyengine-us formulas use; so do the
+enum decoding table and the ABAWD waiver helper computed on distinct rows. Slow: needs
+policyengine-us (except the tests of ``on_distinct_rows`` on a helper of our own)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,9 +9,11 @@ import pytest
 
 from calibration_core import engine_speedups
 
-pytestmark = pytest.mark.slow
 
 STATES = np.array(["CA", "NY", "TX", "AK", "HI", "DC", "CA", "CA", "NY", "AK"] * 7, dtype=object)
+
+
+slow = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +62,21 @@ def assert_same(got, want):
         np.testing.assert_array_equal(got, want)
 
 
+@slow
 def test_installed_with_our_simulation_classes():
     from calibration_core import simulation as simu
 
     simu._simulation_classes()
     assert engine_speedups.installed()
+    assert engine_speedups.elementwise_helpers_installed() == ["in_listed_abawd_waiver_area"]
     with engine_speedups.stock_engine():
         assert not engine_speedups.installed()
+        assert engine_speedups.elementwise_helpers_installed() == []
     assert engine_speedups.installed()
+    assert engine_speedups.elementwise_helpers_installed() == ["in_listed_abawd_waiver_area"]
 
 
+@slow
 @pytest.mark.parametrize("as_kind", ["object", "unicode"])
 def test_state_keys_give_the_stock_values(parameters, as_kind, shortcuts):
     fpg = vectorial(parameters.gov.hhs.fpg.first_person)
@@ -79,6 +87,7 @@ def test_state_keys_give_the_stock_values(parameters, as_kind, shortcuts):
     assert shortcuts == [len(key)] * 2
 
 
+@slow
 def test_a_lookup_of_the_rows_it_made_gives_the_stock_values(parameters, shortcuts):
     # p.standard[state_group][household_size], as snap_standard_deduction reads it
     standard = vectorial(parameters.gov.usda.snap.income.deductions.standard)
@@ -93,6 +102,7 @@ def test_a_lookup_of_the_rows_it_made_gives_the_stock_values(parameters, shortcu
     assert shortcuts == [len(groups)] * 2
 
 
+@slow
 def test_integer_keys(parameters, shortcuts):
     sizes = vectorial(parameters.gov.usda.snap.max_allotment.main.CONTIGUOUS_US)
     key = np.resize(np.arange(1, 9), 50)
@@ -101,6 +111,7 @@ def test_integer_keys(parameters, shortcuts):
     assert shortcuts == [50, 50]
 
 
+@slow
 def test_an_unknown_key_raises_as_the_stock_lookup_does(parameters):
     from policyengine_core.errors import ParameterNotFoundError
 
@@ -110,6 +121,7 @@ def test_an_unknown_key_raises_as_the_stock_lookup_does(parameters):
         fpg[key]
 
 
+@slow
 def test_cases_left_to_the_stock_lookup(parameters, shortcuts):
     fpg = vectorial(parameters.gov.hhs.fpg.first_person)
     distinct = np.array(["AK", "HI", "CONTIGUOUS_US"], dtype=object)  # nothing to compress
@@ -121,3 +133,72 @@ def test_cases_left_to_the_stock_lookup(parameters, shortcuts):
         stock(fpg, with_missing)
     assert type(fast_error.value) is type(stock_error.value)
     assert shortcuts == []
+
+
+@slow
+@pytest.mark.parametrize("variable", ["county", "state_code", "immigration_status"])
+def test_enum_decoding_gives_the_stock_strings(parameters, variable):
+    from policyengine_core.enums.enum_array import EnumArray
+    from policyengine_us.system import system
+
+    enum = system.variables[variable].possible_values
+    codes = np.random.default_rng(7).integers(-2, len(enum) + 3, size=3_000).astype(np.int16)
+    for shape in [(3_000,), (3, 1_000)]:
+        values = EnumArray(codes.reshape(shape), enum)
+        got, want = values.decode_to_str(), engine_speedups._STOCK["decode_to_str"](values)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    assert (want == "unknown").any()  # codes outside the enum take the default
+
+
+@slow
+def test_abawd_waiver_helper_on_distinct_rows_gives_the_stock_answer(parameters):
+    from policyengine_us.system import system
+
+    assert engine_speedups.elementwise_helpers_installed() == ["in_listed_abawd_waiver_area"]
+    formula = next(iter(system.variables["is_in_snap_abawd_waived_area"].formulas.values()))
+    fast = formula.__globals__["in_listed_abawd_waiver_area"]
+    helper = fast.__wrapped_stock__
+    counties = np.array([c.name for c in system.variables["county"].possible_values])
+    pick = np.random.default_rng(3).integers(0, len(counties), 60)
+    county = np.repeat(counties[pick], 40)
+    state = np.array([c.rsplit("_", 1)[-1] for c in county], dtype=object)
+    for date in ["2024-01-01", "2025-06-01", "2026-03-01"]:
+        p = system.parameters(date).gov.usda.snap.work_requirements.abawd
+        for args in [(state, county.astype(object)), (state.astype(str), county)]:
+            got, want = fast(p, *args), helper(p, *args)
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+        if date == "2025-06-01":
+            assert 0 < want.sum() < len(want)  # some waived, some not
+
+
+def test_distinct_rows_helper_runs_once_per_distinct_row_and_expands():
+    calls = []
+
+    def helper(p, a, b):
+        calls.append(len(a))
+        return np.char.add(a.astype(str), b.astype(str)) == p
+
+    fast = engine_speedups.on_distinct_rows(helper)
+    a = np.array(["NY", "CA", "NY", "TX"] * 25, dtype=object)
+    b = np.array(["x", "y", "x", "x"] * 25)
+    np.testing.assert_array_equal(fast("NYx", a, b), helper("NYx", a, b))
+    assert calls == [3, 100]  # three distinct rows, then the stock call of the comparison
+
+
+@pytest.mark.parametrize("a, b", [
+    (np.array(["NY", None, "NY", "NY"], dtype=object), np.array(["x"] * 4)),  # missing
+    (np.array(["NY", "CA", "TX", "WA"]), np.array(["x"] * 4)),  # mostly distinct
+    (np.array([1, 1, 1, 1]), np.array(["x"] * 4)),  # not strings
+    (np.array(["NY"] * 4), np.array(["x"] * 3)),  # lengths differ
+])
+def test_distinct_rows_helper_leaves_other_inputs_to_the_helper(a, b):
+    calls = []
+
+    def helper(p, *arrays):
+        calls.append([len(x) for x in arrays])
+        return np.zeros(len(arrays[0]), dtype=bool)
+
+    engine_speedups.on_distinct_rows(helper)(None, a, b)
+    assert calls == [[len(a), len(b)]]
