@@ -14,6 +14,7 @@ STATES = np.array(["CA", "NY", "TX", "AK", "HI", "DC", "CA", "CA", "NY", "AK"] *
 
 
 slow = pytest.mark.slow
+INSTALLED = ["in_listed_abawd_waiver_area", "ssi_resources_deemed_from_ineligible_parent"]
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +69,12 @@ def test_installed_with_our_simulation_classes():
 
     simu._simulation_classes()
     assert engine_speedups.installed()
-    assert engine_speedups.elementwise_helpers_installed() == ["in_listed_abawd_waiver_area"]
+    assert engine_speedups.formula_speedups_installed() == INSTALLED
     with engine_speedups.stock_engine():
         assert not engine_speedups.installed()
-        assert engine_speedups.elementwise_helpers_installed() == []
+        assert engine_speedups.formula_speedups_installed() == []
     assert engine_speedups.installed()
-    assert engine_speedups.elementwise_helpers_installed() == ["in_listed_abawd_waiver_area"]
+    assert engine_speedups.formula_speedups_installed() == INSTALLED
 
 
 @slow
@@ -155,7 +156,7 @@ def test_enum_decoding_gives_the_stock_strings(parameters, variable):
 def test_abawd_waiver_helper_on_distinct_rows_gives_the_stock_answer(parameters):
     from policyengine_us.system import system
 
-    assert engine_speedups.elementwise_helpers_installed() == ["in_listed_abawd_waiver_area"]
+    assert engine_speedups.formula_speedups_installed() == INSTALLED
     formula = next(iter(system.variables["is_in_snap_abawd_waived_area"].formulas.values()))
     fast = formula.__globals__["in_listed_abawd_waiver_area"]
     helper = fast.__wrapped_stock__
@@ -202,3 +203,30 @@ def test_distinct_rows_helper_leaves_other_inputs_to_the_helper(a, b):
 
     engine_speedups.on_distinct_rows(helper)(None, a, b)
     assert calls == [[len(a), len(b)]]
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8])
+def test_unique_rows_gives_numpys_rows_and_inverse(dtype):
+    rng = np.random.default_rng(5)
+    keys = rng.integers(0 if dtype == np.uint8 else -1, 40, size=(5_000, 5)).astype(dtype)
+    keys[rng.random(5_000) < 0.6, 1:] = 0  # many equal rows, as children without deemors
+    got, want = engine_speedups.unique_rows(keys, axis=0, return_inverse=True), np.unique(
+        keys, axis=0, return_inverse=True)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_array_equal(g, w)
+    assert len(want[0]) < len(keys)
+
+
+def test_unique_rows_passes_other_calls_to_numpy():
+    values = np.array([[3, 1], [3, 1], [2, 9]])
+    fast_numpy = engine_speedups.NUMPY_WITH_FAST_UNIQUE_ROWS
+    np.testing.assert_array_equal(fast_numpy.unique(values), np.unique(values))
+    for got, want in zip(fast_numpy.unique(values, axis=0, return_counts=True),
+                         np.unique(values, axis=0, return_counts=True)):
+        np.testing.assert_array_equal(got, want)
+    floats = values.astype(float)
+    for got, want in zip(fast_numpy.unique(floats, axis=0, return_inverse=True),
+                         np.unique(floats, axis=0, return_inverse=True)):
+        np.testing.assert_array_equal(got, want)
+    assert fast_numpy.where is np.where and fast_numpy.ndarray is np.ndarray
