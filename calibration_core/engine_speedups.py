@@ -114,10 +114,13 @@ def _enum_array_class():
     return EnumArray
 
 
-@cache  # per enum class: (code -> name table, its last code)
-def _name_table(enum) -> tuple[np.ndarray, int]:
+@cache  # per enum class: (code -> name table, its last code); None for an enum the table
+# cannot serve (no items, a negative index)
+def _name_table(enum) -> tuple[np.ndarray, int] | None:
     names = [str(item.name) for item in enum]
     indices = np.asarray([item.index for item in enum], dtype=np.int64)
+    if len(indices) == 0 or indices.min() < 0:
+        return None
     # the dtype numpy.select gives the names and the "unknown" default
     table = np.full(int(indices.max()) + 1, "unknown",
                     dtype=f"<U{max(len(n) for n in names + ['unknown'])}")
@@ -130,10 +133,10 @@ def _decode_to_str(self):
     """``EnumArray.decode_to_str`` by a code -> name table (see the module's item 2)."""
     enum = getattr(self, "possible_values", None)
     codes = self.view(np.ndarray)
-    if (enum is None or codes.ndim == 0 or codes.dtype.kind not in "iu" or len(enum) == 0
-            or min(item.index for item in enum) < 0):
+    served = None if enum is None else _name_table(enum)
+    if served is None or codes.ndim == 0 or codes.dtype.kind not in "iu":
         return _STOCK["decode_to_str"](self)
-    table, last = _name_table(enum)
+    table, last = served
     outside = (codes < 0) | (codes > last)
     names = table[np.clip(codes, 0, last)]
     names[outside] = "unknown"
@@ -216,7 +219,7 @@ def _formula_globals(system, variable: str) -> list[dict]:
     return [f.__globals__ for f in formulas if hasattr(f, "__globals__")]
 
 
-def _install_elementwise_helpers() -> None:
+def _install_formula_speedups() -> None:
     from policyengine_us.system import system
 
     for variable, (name, verified) in ELEMENTWISE_HELPERS.items():
@@ -235,7 +238,7 @@ def _install_elementwise_helpers() -> None:
                 namespace["np"] = NUMPY_WITH_FAST_UNIQUE_ROWS
 
 
-def _uninstall_elementwise_helpers() -> None:
+def _uninstall_formula_speedups() -> None:
     from policyengine_us.system import system
 
     for variable, (name, _) in ELEMENTWISE_HELPERS.items():
@@ -271,14 +274,14 @@ def install() -> None:
         _STOCK["decode_to_str"] = enum_array.decode_to_str
     node.__getitem__ = _vector_lookup
     enum_array.decode_to_str = _decode_to_str
-    _install_elementwise_helpers()
+    _install_formula_speedups()
 
 
 def uninstall() -> None:
     if "vectorial_getitem" in _STOCK:
         _node_class().__getitem__ = _STOCK["vectorial_getitem"]
         _enum_array_class().decode_to_str = _STOCK["decode_to_str"]
-        _uninstall_elementwise_helpers()
+        _uninstall_formula_speedups()
 
 
 def installed() -> bool:
