@@ -805,7 +805,7 @@ def _chunk_task(args, tables: dict[str, pd.DataFrame] | None = None):
 
         tables, _ = read_dataset(path)
     t0 = time.time()
-    _simulation_classes()  # a worker's first chunk starts policyengine-us (~45 s)
+    _simulation_classes()  # a worker's first chunk starts policyengine-us (~40 s)
     t1 = time.time()
     trace_info = {} if trace else None
     values = simulate_chunk(tables, states, variables, counties, year, forced_true,

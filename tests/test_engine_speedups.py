@@ -1,7 +1,8 @@
 """engine_speedups: the fast vector-keyed parameter lookup gives exactly what policyengine-core
 gives (values, dtypes, nodes, errors) for the key kinds policyengine-us formulas use; so do the
-enum decoding table and the ABAWD waiver helper computed on distinct rows. Slow: needs
-policyengine-us (except the tests of ``on_distinct_rows`` on a helper of our own)."""
+enum decoding table, the ABAWD waiver helper computed on distinct rows and SSI's unique rows.
+Slow: needs policyengine-us (except the tests of ``on_distinct_rows`` and ``unique_rows`` on
+inputs of our own)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,11 +10,8 @@ import pytest
 
 from calibration_core import engine_speedups
 
-
-STATES = np.array(["CA", "NY", "TX", "AK", "HI", "DC", "CA", "CA", "NY", "AK"] * 7, dtype=object)
-
-
 slow = pytest.mark.slow
+STATES = np.array(["CA", "NY", "TX", "AK", "HI", "DC", "CA", "CA", "NY", "AK"] * 7, dtype=object)
 INSTALLED = ["in_listed_abawd_waiver_area", "ssi_resources_deemed_from_ineligible_parent"]
 
 
