@@ -9,6 +9,10 @@ Artifacts (under the store root): ``areas/states/CA.h5``, ``areas/districts/CA-1
 (``BackfillPolicy.multi_run``): one run builds up to :data:`AREAS_PER_RUN` partitions, loading
 the base data, geography and weights once. Each partition gets its own materialization with its
 own metadata (households, persons, weighted population, file size, sha256).
+
+Weights are read only from a complete fit folder (``fit_summary.json`` present and every output
+matching it: ``calibration_core.fit.load_fit_weights``). Each asset first removes temporaries
+that killed writes left in the folders it writes (``.MA-01.h5.p1234.k2j3h4g5.h5``).
 """
 
 import json
@@ -28,6 +32,7 @@ from assets._metadata import markdown_table as _md
 from calibration_core import assembly as asm
 from calibration_core import validation as val
 from calibration_core.areas import STATE_FIPS, all_area_keys, parse_area_key
+from calibration_core.fit import load_fit_weights
 from calibration_core.geography import load_geography
 from calibration_core.h5_dataset import read_dataset, validate_tables, write_dataset
 from calibration_core.io_utils import atomic_path, atomic_write_json, sha256_file
@@ -43,6 +48,7 @@ GEOGRAPHY = ("calibration", "geography_assignment.npz")
 PACKAGE = ("calibration", "package")
 WEIGHTS = {"regional": ("calibration", "regional", "weights.npy"),
            "national": ("calibration", "national", "weights.npy")}
+AREA_FOLDERS = ("areas/states", "areas/districts", "areas/cities")
 AREAS = "areas"
 NATIONAL_FILE = ("areas", "national", "US.h5")
 REPORT_CSV = ("areas", "validation", "validation_results.csv")
@@ -75,15 +81,12 @@ class _Inputs:
         if county not in ("matrix", "clone"):
             raise ValueError(f"area config county must be 'matrix' or 'clone', got {county!r}")
         t0 = time.perf_counter()
+        weights_path = store.path(*WEIGHTS[which])
+        weights = _fit_weights(weights_path, which)
         tables, year = read_dataset(store.path(*MICRODATA))
         self.base = asm.index_base(tables, year)
         self.geo = load_geography(store.path(*GEOGRAPHY))
-        weights_path = store.path(*WEIGHTS[which])
-        if not weights_path.is_file():
-            raise FileNotFoundError(f"{which} weights {weights_path} do not exist: materialize "
-                                    f"{which}_weights first")
-        self.weights = asm.check_weights(np.load(weights_path, allow_pickle=False), self.geo,
-                                         str(weights_path))
+        self.weights = asm.check_weights(weights, self.geo, str(weights_path))
         meta = json.loads(store.path(*PACKAGE, METADATA_FILE).read_text())
         self.takeup = asm.takeup_for_package(meta.get("takeup_rerandomised", []))
         self.county_by_state = None
@@ -100,6 +103,16 @@ class _Inputs:
         area = parse_area_key(key) if key is not None else None
         return asm.build_area_tables(self.base, self.geo, self.weights, area, self.takeup,
                                      self.county_by_state)
+
+
+def _fit_weights(weights_path: Path, which: str) -> np.ndarray:
+    """The weights of the complete ``which`` fit; a missing or incomplete fit folder raises,
+    naming what to materialize (a fit killed between its outputs is never used)."""
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{which} weights {weights_path} do not exist: materialize "
+                                f"{which}_weights first")
+    weights, _ = load_fit_weights(weights_path.parent)
+    return weights
 
 
 def _write(build: asm.AreaBuild, path: Path, year: int, seconds: float) -> dict:
@@ -147,6 +160,7 @@ def run_partition_keys(context) -> list[str]:
 def area_datasets(context: dg.AssetExecutionContext, config: AreaConfig, store: ArtifactStore):
     keys = list(context.partition_keys)
     t0 = time.perf_counter()
+    store.sweep_temporaries(context, *AREA_FOLDERS)
     inputs = _Inputs(store, "regional", config.county)
     context.log.info(f"building {len(keys)} area files (inputs loaded in {inputs.seconds:.2f} s)")
     per_area, empty = {}, []
@@ -258,6 +272,7 @@ def area_files_valid(context: dg.AssetCheckExecutionContext,
 def national_dataset(context: dg.AssetExecutionContext, config: AreaConfig,
                      store: ArtifactStore) -> dg.MaterializeResult:
     t0 = time.perf_counter()
+    store.sweep_temporaries(context, "areas/national")
     inputs = _Inputs(store, "national", config.county)
     build = inputs.build(None)
     if build.households == 0:
@@ -286,12 +301,13 @@ def national_dataset(context: dg.AssetExecutionContext, config: AreaConfig,
 def validation_report(context: dg.AssetExecutionContext, config: ValidationConfig,
                       store: ArtifactStore, settings: BuildSettings) -> dg.MaterializeResult:
     t0 = time.perf_counter()
+    store.sweep_temporaries(context, "areas/validation")
     preset = settings.resolve()
     mode = config.areas or preset.validation_areas
     areas = val.areas_for_report(mode)
     package = load_package(store.path(*PACKAGE))
     inputs = _Inputs(store, "regional", "clone")  # geography and cells only
-    national_w = np.load(store.path(*WEIGHTS["national"]), allow_pickle=False)
+    national_w = _fit_weights(store.path(*WEIGHTS["national"]), "national")
     national_w = asm.check_weights(national_w, inputs.geo, "national weights")
     keys, kinds, tables, cells, wix = [], [], [], [], []
     for area in areas:

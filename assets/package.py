@@ -3,6 +3,10 @@
 Artifacts (under the store root): ``calibration/state_simulations.npz``,
 ``calibration/geography_assignment.npz``, ``calibration/package/`` (matrix.npz, targets.parquet,
 initial_weights.npy, metadata.json; see ``calibration_core.package_io``).
+
+Every file is a function of the inputs (equal inputs, byte-identical files); wall times are
+reported as Dagster metadata only. Each asset first removes temporaries that killed writes left
+in ``calibration/``.
 """
 
 import time
@@ -74,6 +78,7 @@ def state_simulations(context: dg.AssetExecutionContext, config: StateSimulation
     county = geo_mod.load_county_table(raw_path(store.raw_dir, geo_mod.COUNTY_TABLE_FILE))
     population = geo_mod.district_population(targets)
     out = store.path(*SIMULATIONS)
+    store.sweep_temporaries(context, "calibration")
     context.log.info(f"simulating {variables} for all 51 states")
     result = simu.simulate_states(
         store.path(*MICRODATA), variables, county, population,
@@ -124,6 +129,7 @@ def geography_assignment(context: dg.AssetExecutionContext, config: GeographyCon
     population = geo_mod.district_population(targets)
     agi_mass, agi_source = geo_mod.district_agi(targets, population)
     sims = simu.load_state_simulations(store.path(*SIMULATIONS))
+    store.sweep_temporaries(context, "calibration")
     agi = sims.household_total("adjusted_gross_income")
     start = time.perf_counter()
     geo = geo_mod.assign_geography(
@@ -162,6 +168,7 @@ def geography_assignment(context: dg.AssetExecutionContext, config: GeographyCon
 def calibration_package(context: dg.AssetExecutionContext, config: PackageConfig,
                         store: ArtifactStore) -> dg.MaterializeResult:
     start = time.perf_counter()
+    store.sweep_temporaries(context, "calibration")
     targets, constraints = _inputs(store)
     target_config = pkg.load_target_config(config.target_config)
     sims = simu.load_state_simulations(store.path(*SIMULATIONS))
@@ -178,7 +185,10 @@ def calibration_package(context: dg.AssetExecutionContext, config: PackageConfig
                                                            geo_mod.COUNTY_TABLE_FILE))}
     package = pkg.build_package(targets, constraints, sims, geo, weights, target_config,
                                 input_sha256=sha, year=YEAR, log=context.log.info)
-    package.metadata["target_config_path"] = config_path
+    # as given in run config, or the default's place in the repository: no absolute path of
+    # this checkout in the package (its content and sha256 are recorded too)
+    package.metadata["target_config_path"] = (config.target_config
+                                              or "calibration_core/target_config.yaml")
     folder = save_package(package, store.path(*PACKAGE))
     m = package.metadata
     fam = pd.DataFrame(m["targets_by_family"]).T.fillna(0).astype(int)

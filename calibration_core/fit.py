@@ -31,8 +31,12 @@ killed and resumed ends with bit-identical weights (same device type and thread 
 
 Outputs of :func:`run_fit` in ``out_dir``: ``weights.npy`` (float64, (n_columns,)),
 ``diagnostics.csv``, ``epochs.csv``, ``fit_plot.png``, ``fit_summary.json`` (deterministic) and
-``timing.json`` (wall time, device; not deterministic). The checkpoint (default
-``out_dir/checkpoint.pt``) is one file per fit.
+``timing.json`` (wall time, device; not deterministic: the one file of the folder that differs
+between two identical fits). The checkpoint (default ``out_dir/checkpoint.pt``) is one file per
+fit, byte-identical for identical fits. The outputs are published together: the old summary is
+removed first and the new one written last, listing the sha256 of every other output, so a fit
+killed between two files leaves a folder that :func:`read_fit_outputs` refuses as incomplete
+(the next run resumes from the checkpoint and completes it).
 
 CLI: ``python -m calibration_core.fit --package DIR --out DIR --preset regional [--epochs N]``.
 """
@@ -79,6 +83,11 @@ class FitError(ValueError):
 
 class CheckpointMismatchError(FitError):
     """A checkpoint was written for another package, target set, hyper-parameters or device."""
+
+
+class IncompleteFitError(FitError):
+    """A fit folder lacks its summary, or its files disagree with it (a fit killed between two
+    outputs, or a file changed since): not a complete fit."""
 
 
 @dataclass(frozen=True)
@@ -403,6 +412,25 @@ def _signature_differences(saved: dict, wanted: dict) -> list[str]:
     return diffs
 
 
+def checkpoint_bytes(state: dict) -> bytes:
+    """``torch.save`` of ``state`` into memory: equal states give equal bytes.
+
+    ``torch.save`` to a path names the zip's records after the file's stem (under
+    ``atomic_path``, a temporary random name), so every write differed; into a buffer they are
+    always ``archive/...``.
+    """
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def write_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+    """Write a checkpoint atomically (temporary sibling, fsync, rename)."""
+    return atomic_write_bytes(path, checkpoint_bytes(state))
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint (``torch.load(weights_only=True)``: tensors, dicts, numbers, strings)."""
     path = Path(path)
@@ -528,8 +556,7 @@ def run_fit(
             if log_now:
                 state.evals = np.vstack([state.evals, state.evaluate(operator, y, inv_d)])
             if ckpt_now:
-                with atomic_path(checkpoint_path, suffix=".pt") as tmp:
-                    torch.save(state.state_dict(signature), tmp)
+                write_checkpoint(checkpoint_path, state.state_dict(signature))
             if log_now:
                 elapsed = time.perf_counter() - t_train
                 done = state.epoch - resumed_from
@@ -545,8 +572,7 @@ def run_fit(
         if hp.epochs == 0 or resumed_from == hp.epochs:
             # nothing trained in this call; make sure the checkpoint exists for the record
             if not checkpoint_path.exists():
-                with atomic_path(checkpoint_path, suffix=".pt") as tmp:
-                    torch.save(state.state_dict(signature), tmp)
+                write_checkpoint(checkpoint_path, state.state_dict(signature))
         train_seconds = time.perf_counter() - t_train
         epochs_run = hp.epochs - resumed_from
 
@@ -574,8 +600,13 @@ def run_fit(
 
 def _write_outputs(out_dir: Path, problem: FitProblem, hp: FitHyperParameters, state: _L0State,
                    weights: np.ndarray, checkpoint_path: Path) -> FitResult:
-    """weights.npy, diagnostics.csv, epochs.csv, fit_plot.png, then fit_summary.json (last)."""
+    """weights.npy, diagnostics.csv, epochs.csv, fit_plot.png, then fit_summary.json (last).
+
+    The previous summary is removed first: from then until the new one is written the folder
+    reads as incomplete (:func:`read_fit_outputs`), never as a mix of two fits.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / SUMMARY_FILE).unlink(missing_ok=True)
     weights_path = out_dir / WEIGHTS_FILE
     with atomic_path(weights_path, suffix=".npy") as tmp:
         np.save(tmp, weights, allow_pickle=False)
@@ -629,12 +660,73 @@ def _write_outputs(out_dir: Path, problem: FitProblem, hp: FitHyperParameters, s
         "sparsity": 1.0 - active / max(problem.n_columns, 1),
         "expected_active_records": l0_active,
         "weight_sum": float(weights.sum()),
-        "weights_sha256": sha256_file(weights_path),
-        "checkpoint": str(checkpoint_path),
+        "checkpoint": _relative_to(checkpoint_path, out_dir),
     }
-    atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    summary = seal_fit_outputs(out_dir, summary)
     return FitResult(out_dir=out_dir, weights_path=weights_path, checkpoint_path=checkpoint_path,
                      summary=summary, timing={}, epochs=epochs, diagnostics=diagnostics)
+
+
+def _relative_to(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` (POSIX): no absolute path in a deterministic file."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(folder).resolve())).as_posix()
+
+
+#: The outputs a summary vouches for (every one but the summary, timing.json and the checkpoint).
+OUTPUT_FILES = (WEIGHTS_FILE, DIAGNOSTICS_FILE, EPOCHS_FILE, PLOT_FILE)
+
+
+def seal_fit_outputs(out_dir: str | os.PathLike, summary: dict | None = None) -> dict:
+    """Write ``fit_summary.json`` (``summary`` plus the sha256 of every output present:
+    ``files`` and ``weights_sha256``), the last file of a fit. Returns the written summary.
+
+    :func:`run_fit` calls it; it also publishes weights made elsewhere (tests, an imported fit)
+    as a complete fit folder, which is what the area assets accept.
+    """
+    out_dir = Path(out_dir)
+    weights_path = out_dir / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise IncompleteFitError(f"{weights_path} does not exist: nothing to seal")
+    summary = dict(summary or {})
+    summary["files"] = {name: sha256_file(out_dir / name) for name in OUTPUT_FILES
+                        if (out_dir / name).is_file()}
+    summary["weights_sha256"] = summary["files"][WEIGHTS_FILE]
+    atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+def read_fit_outputs(out_dir: str | os.PathLike) -> dict:
+    """The summary of the complete fit in ``out_dir``; :class:`IncompleteFitError` naming what
+    is wrong when the summary is missing or unreadable, or a file it lists is missing or has
+    another sha256 (a fit killed between its outputs, or a file changed since)."""
+    out_dir = Path(out_dir)
+    summary_path = out_dir / SUMMARY_FILE
+    if not summary_path.is_file():
+        what = "has weights but no" if (out_dir / WEIGHTS_FILE).exists() else "has no"
+        raise IncompleteFitError(
+            f"fit folder {out_dir} {what} {SUMMARY_FILE}: the fit did not finish (killed between "
+            "its outputs?); materialize the weights again (it resumes from the checkpoint)")
+    try:
+        summary = json.loads(summary_path.read_text())
+    except ValueError as exc:
+        raise IncompleteFitError(f"{summary_path} is not valid JSON ({exc})") from None
+    files = summary.get("files") or {WEIGHTS_FILE: summary.get("weights_sha256")}
+    for name, expected in sorted(files.items()):
+        path = out_dir / name
+        if not path.is_file():
+            raise IncompleteFitError(f"{path} is missing but {summary_path} lists it")
+        if sha256_file(path) != expected:
+            raise IncompleteFitError(
+                f"{path} does not match {summary_path} (sha256 differs): the fit folder mixes "
+                "two fits or was changed; materialize the weights again")
+    return summary
+
+
+def load_fit_weights(out_dir: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """(weights (n_columns,) float64, summary) of the complete fit in ``out_dir``
+    (:func:`read_fit_outputs` first: an incomplete folder raises :class:`IncompleteFitError`)."""
+    summary = read_fit_outputs(out_dir)
+    return np.load(Path(out_dir) / WEIGHTS_FILE, allow_pickle=False), summary
 
 
 def epoch_table(history: np.ndarray, evals: np.ndarray) -> pd.DataFrame:

@@ -1,7 +1,10 @@
 """Atomic file writes and content hashes shared by every stage.
 
 Every artifact is written to a temporary sibling, fsynced, then renamed over its final path, so a
-killed run leaves the previous good file (or none) and never a torn one.
+killed run leaves the previous good file (or none) and never a torn one. A kill can leave the
+temporary sibling behind (``.CA.h5.p1234.k2j3h4g5.h5``: the final name, the writer's pid, a random
+part); :func:`sweep_stale_temporaries`, called at the start of each asset that writes into a
+folder, removes those whose writer is gone.
 """
 from __future__ import annotations
 
@@ -9,7 +12,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -35,6 +41,87 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def temporary_prefix(final_name: str) -> str:
+    """Prefix of a temporary sibling of ``final_name`` made by this process:
+    ``.{final_name}.p{pid}.`` (``tempfile`` appends 8 random characters and a suffix). The pid
+    lets :func:`sweep_stale_temporaries` tell a live writer's file from a killed one's."""
+    return f".{final_name}.p{os.getpid()}."
+
+
+# .{name}.p{pid}.{8 random}{suffix}  (this module's temporaries, files and folders)
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.p(?P<pid>\d+)\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+# .{name}.{8 random}{suffix}: temporaries of earlier versions (no pid) and mkdtemp folders
+_LEGACY_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+# .{name}.old: the previous folder that a folder swap moves aside for a moment
+_OLD_RE = re.compile(r"^\.(?P<name>.+)\.old$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or unknown: keep the file
+    return True
+
+
+def is_temporary_name(name: str) -> bool:
+    """Whether ``name`` is a temporary sibling made by :func:`atomic_path`, a folder staged by
+    :func:`temporary_folder` (or their predecessors without a pid), or a ``.X.old`` folder."""
+    return bool(_TEMP_RE.match(name) or _LEGACY_TEMP_RE.match(name) or _OLD_RE.match(name))
+
+
+def sweep_stale_temporaries(folder: str | os.PathLike, older_than: float | None = None, *,
+                            min_age_seconds: float = 0.0) -> list[Path]:
+    """Remove the temporaries that killed writes left in ``folder`` (not recursive); return them.
+
+    A hidden entry counts as a temporary when its name is one :func:`is_temporary_name`
+    recognises (``.MA-01.h5.p1234.k2j3h4g5.h5``, ``.package.p1234.a1b2c3d4``,
+    ``.MA-01.h5.k2j3h4g5.h5``, ``.package.old``). It is removed, file or folder, when
+
+    * it was last modified before ``older_than`` (a POSIX time, normally the start of the run;
+      None: now) and at least ``min_age_seconds`` ago, and
+    * its name carries no pid, or that pid is no live process on this machine (a writer of
+      another run, still at work, keeps its file whatever its age).
+
+    Visible files are never touched, nor hidden entries of other shapes.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now = time.time()
+    cutoff = min(now if older_than is None else float(older_than), now - float(min_age_seconds))
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        name = entry.name
+        if not name.startswith(".") or not is_temporary_name(name):
+            continue
+        try:
+            mtime = entry.lstat().st_mtime
+        except FileNotFoundError:
+            continue
+        if mtime >= cutoff:
+            continue
+        match = _TEMP_RE.match(name)
+        if match and _pid_alive(int(match["pid"])):
+            continue
+        old = _OLD_RE.match(name)
+        if old and not (folder / old["name"]).exists():
+            continue  # a folder swap was killed between its two renames: the last good copy
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+        removed.append(entry)
+    if removed:
+        _fsync_dir(folder)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(final_path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``final_path``; on success fsync it and rename it into place.
@@ -44,8 +131,8 @@ def atomic_path(final_path: str | os.PathLike, suffix: str | None = None) -> Ite
     final = Path(final_path)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{final.name}.", suffix=suffix if suffix is not None else ".tmp", dir=final.parent
-    )
+        prefix=temporary_prefix(final.name), suffix=suffix if suffix is not None else ".tmp",
+        dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -58,6 +145,42 @@ def atomic_path(final_path: str | os.PathLike, suffix: str | None = None) -> Ite
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(final_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary sibling folder; on success fsync what was written into it and
+    put it in place of ``final_dir`` (files that belong together are published together).
+
+    The swap is two renames: ``final_dir`` -> ``.{name}.old``, then the new folder ->
+    ``final_dir``; the old folder is removed after. A kill between the two leaves no
+    ``final_dir`` and the previous complete folder as ``.{name}.old`` (which the sweep keeps
+    while ``final_dir`` is missing). On any exception the temporary folder is removed and
+    ``final_dir`` is left untouched.
+    """
+    final = Path(final_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(final.name), dir=final.parent))
+    try:
+        yield tmp
+        for path in sorted(tmp.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                with open(path, "rb+") as handle:
+                    os.fsync(handle.fileno())
+        _fsync_dir(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

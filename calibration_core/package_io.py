@@ -11,14 +11,14 @@ A package is a folder holding
 * ``initial_weights.npy`` - float64 (n_columns,);
 * ``metadata.json`` - JSON: n_records, n_clones, year, input sha256s, build figures, ...
 
-No pickle anywhere: ``load_package`` reads with ``allow_pickle=False``.
+No pickle anywhere: ``load_package`` reads with ``allow_pickle=False``. Every file is a function
+of the inputs: equal inputs give byte-identical packages (the build's timings, in memory as
+``metadata[...]_seconds``, are left out of ``metadata.json``; the asset reports them to Dagster).
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,13 +26,15 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .io_utils import sha256_bytes, sha256_file
+from .io_utils import atomic_folder, sha256_bytes, sha256_file
 
 MATRIX_FILE = "matrix.npz"
 TARGETS_FILE = "targets.parquet"
 WEIGHTS_FILE = "initial_weights.npy"
 METADATA_FILE = "metadata.json"
 REQUIRED_TARGET_COLUMNS = ("name", "value", "holdout", "achievable")
+#: Metadata of a build that is not a function of its inputs: kept in memory, never saved.
+TIMING_METADATA_KEYS = ("select_seconds", "assembly_seconds", "build_seconds")
 
 
 class PackageError(ValueError):
@@ -89,30 +91,25 @@ class CalibrationPackage:
 
 
 def save_package(package: CalibrationPackage, folder: str | os.PathLike) -> Path:
-    """Write the package into ``folder`` atomically (a sibling temp folder, then rename)."""
+    """Write the package into ``folder`` atomically, all files together (a sibling temporary
+    folder, then renamed into place: :func:`calibration_core.io_utils.atomic_folder`)."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         sp.save_npz(tmp / MATRIX_FILE, package.matrix, compressed=True)
         package.targets.reset_index(drop=True).to_parquet(tmp / TARGETS_FILE, index=False)
         np.save(tmp / WEIGHTS_FILE, package.initial_weights, allow_pickle=False)
-        meta = dict(package.metadata)
-        meta["shape"] = list(package.matrix.shape)
-        meta["nnz"] = int(package.matrix.nnz)
-        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / METADATA_FILE).write_text(json.dumps(saved_metadata(package), indent=2,
+                                                    sort_keys=True, default=str))
     return folder
+
+
+def saved_metadata(package: CalibrationPackage) -> dict:
+    """What ``metadata.json`` holds: the package's metadata without its timings
+    (:data:`TIMING_METADATA_KEYS`), plus the matrix shape and non-zero count."""
+    meta = {k: v for k, v in package.metadata.items() if k not in TIMING_METADATA_KEYS}
+    meta["shape"] = list(package.matrix.shape)
+    meta["nnz"] = int(package.matrix.nnz)
+    return meta
 
 
 def load_package(folder: str | os.PathLike) -> CalibrationPackage:

@@ -870,9 +870,16 @@ class StateSimulations:
         return np.bincount(hidx, weights=values, minlength=s.n_households)
 
 
+#: Figures of a run that are not a function of its inputs (wall times): reported by the asset,
+#: kept in ``StateSimulations.metadata`` in memory, never written into the file.
+TIMING_METADATA_KEYS = ("chunk_seconds", "traced_chunk_seconds", "stacked_seconds",
+                        "start_seconds", "total_seconds")
+
+
 def save_state_simulations(result: StateSimulations, path: str | os.PathLike) -> Path:
     """npz (no pickle): ``inv__<v>``, ``st__<v>``, ``ids__<e>``, ``hidx__<e>``, ``pidx__<e>``,
-    ``rank__<e>`` arrays plus ``meta_json`` (entities, dependence, take-up, metadata)."""
+    ``rank__<e>`` arrays plus ``meta_json`` (entities, dependence, take-up, metadata without
+    :data:`TIMING_METADATA_KEYS`): equal results give byte-identical files."""
     arrays = {}
     for v, a in result.invariant.items():
         arrays[f"inv__{v}"] = a
@@ -885,8 +892,9 @@ def save_state_simulations(result: StateSimulations, path: str | os.PathLike) ->
         arrays[f"pidx__{e}"] = s.person_index[e]
         arrays[f"rank__{e}"] = s.rank[e]
     arrays["home_state"] = np.asarray(result.home_state, dtype=np.int64)
+    saved = {k: v for k, v in result.metadata.items() if k not in TIMING_METADATA_KEYS}
     meta = {"entity": result.entity, "dependence": result.dependence,
-            "takeup_eligible": result.takeup_eligible, "metadata": result.metadata,
+            "takeup_eligible": result.takeup_eligible, "metadata": saved,
             "state_order": list(STATE_ORDER)}
     arrays["meta_json"] = np.frombuffer(json.dumps(meta, sort_keys=True, default=str).encode(),
                                         dtype=np.uint8)

@@ -16,7 +16,8 @@ One interface, two mechanisms (DAGSTER_GUIDE §3.7):
 
 Both modes write the same files (``weights.npy``, ``diagnostics.csv``, ``epochs.csv``,
 ``fit_plot.png``, ``fit_summary.json``, ``timing.json``, ``checkpoint.pt``) and give the same
-weights for the same inputs, device type and thread count.
+weights for the same inputs, device type and thread count. All but ``timing.json`` are
+byte-identical between two identical fits.
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from typing import Any
 
 import dagster as dg
 
-from calibration_core.fit import (SUMMARY_FILE, TIMING_FILE, FitHyperParameters, package_columns,
-                                  fit_preset, format_progress, run_fit)
+from calibration_core.fit import (TIMING_FILE, FitHyperParameters, fit_preset, format_progress,
+                                  package_columns, read_fit_outputs, run_fit)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENTRY_MODULE = "resources.pipes_fit_entry"
@@ -81,7 +82,7 @@ class WeightFitter(dg.ConfigurableResource):
             self._fit_pipes(context, package_dir, out_dir, preset, overrides, resume,
                             on_checkpoint_mismatch)
         return {
-            "summary": json.loads((out_dir / SUMMARY_FILE).read_text()),
+            "summary": read_fit_outputs(out_dir),  # complete: every output as the summary lists
             "timing": json.loads((out_dir / TIMING_FILE).read_text()),
             "mode": self.mode,
             "hp": hp,

@@ -218,7 +218,11 @@ def test_two_fits_separate_checkpoints_and_blocking_check(package_dir, tmp_path)
     assert materialized == {"regional_weights", "national_weights"}  # downstream skipped
     regional = json.loads((tmp_path / "calibration/regional/fit_summary.json").read_text())
     national = json.loads((tmp_path / "calibration/national/fit_summary.json").read_text())
-    assert regional["checkpoint"] != national["checkpoint"]
+    # each fit has its own checkpoint, recorded relative to its folder (no absolute path)
+    regional_ckpt = (tmp_path / "calibration/regional" / regional["checkpoint"]).resolve()
+    national_ckpt = (tmp_path / "calibration/national" / national["checkpoint"]).resolve()
+    assert regional["checkpoint"] == "checkpoint.pt"
+    assert regional_ckpt != national_ckpt and regional_ckpt.is_file() and national_ckpt.is_file()
     assert national["expected_active_records"] < regional["expected_active_records"]
 
 

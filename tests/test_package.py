@@ -210,6 +210,12 @@ def test_package_roundtrip_and_determinism(setup, tmp_path):
     assert back.targets["name"].tolist() == a.targets["name"].tolist()
     assert back.metadata["input_sha256"] == {"x": "1"}
     assert back.metadata["nnz"] == a.matrix.nnz
+    # two builds of the same inputs give byte-identical folders: no timings in metadata.json
+    assert "build_seconds" in a.metadata and "build_seconds" not in back.metadata
+    b.metadata["build_seconds"] = a.metadata["build_seconds"] + 1.0
+    save_package(b, tmp_path / "q")
+    for name in ("matrix.npz", "targets.parquet", "initial_weights.npy", "metadata.json"):
+        assert (tmp_path / "p" / name).read_bytes() == (tmp_path / "q" / name).read_bytes(), name
 
 
 def test_bad_inputs_raise_clearly(setup):
