@@ -105,34 +105,59 @@ def load_county_table(path: str | os.PathLike) -> pd.DataFrame:
     probabilities are renormalised within each district. Raises :class:`GeographyError` naming the
     file and row for unknown counties, counties outside the district's state, missing districts.
     """
+    from .raw_inputs import read_csv_file, shown
+
     path = Path(path)
     if not path.is_file():
         raise GeographyError(f"county table {path} does not exist")
-    raw = pd.read_csv(path)
+    raw = read_csv_file(path, "P(county | district): columns cd_geoid, county_name, "
+                        "probability, one row per (district, county)", GeographyError)
     need = {"cd_geoid", "county_name", "probability"}
     if not need <= set(raw.columns):
         raise GeographyError(f"{path}: expected columns {sorted(need)}, got {list(raw.columns)}")
+    cd = pd.to_numeric(raw["cd_geoid"], errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(cd) | (cd != np.round(cd)) | (cd < 100)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise GeographyError(f"{path} row {row + 2}: cd_geoid {shown(raw['cd_geoid'].iloc[row])}; "
+                             "expected a district GEOID state*100+district (e.g. 612)")
     names = county_name_to_fips()
     fips = raw["county_name"].map(names)
     if fips.isna().any():
         row = int(np.flatnonzero(fips.isna().to_numpy())[0])
         raise GeographyError(f"{path} row {row + 2}: unknown county {raw['county_name'].iloc[row]!r}")
     district = raw["cd_geoid"].astype(int).map(normalize_district_geoid)
+    unknown = ~district.isin(set(district_geoids())).to_numpy()
+    if unknown.any():
+        row = int(np.flatnonzero(unknown)[0])
+        raise GeographyError(f"{path} row {row + 2}: cd_geoid "
+                             f"{shown(raw['cd_geoid'].iloc[row])} is not one of the 436 "
+                             "districts of the 119th Congress")
     bad_state = fips.str[:2].astype(int).to_numpy() != (district.to_numpy() // 100)
     if bad_state.any():
         row = int(np.flatnonzero(bad_state)[0])
         raise GeographyError(f"{path} row {row + 2}: county {raw['county_name'].iloc[row]!r} is "
                              f"not in the state of district {district.iloc[row]}")
-    prob = raw["probability"].astype(float)
-    if (prob < 0).any() or not np.isfinite(prob).all():
-        raise GeographyError(f"{path}: probabilities must be finite and >= 0")
+    prob = pd.to_numeric(raw["probability"], errors="coerce").astype(float)
+    bad = ~np.isfinite(prob.to_numpy()) | (prob.to_numpy() < 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise GeographyError(f"{path} row {row + 2}: probability "
+                             f"{shown(raw['probability'].iloc[row])} for district "
+                             f"{district.iloc[row]}"
+                             f", county {raw['county_name'].iloc[row]!r}; expected a finite "
+                             "probability >= 0")
     table = pd.DataFrame({"district_geoid": district.astype(np.int64), "county_fips": fips,
                           "probability": prob})
     table = table.groupby(["district_geoid", "county_fips"], as_index=False)["probability"].sum()
     missing = sorted(set(district_geoids()) - set(table["district_geoid"]))
     if missing:
         raise GeographyError(f"{path}: no counties for district(s) {missing[:10]}")
-    table["probability"] /= table.groupby("district_geoid")["probability"].transform("sum")
+    total = table.groupby("district_geoid")["probability"].transform("sum")
+    if (total <= 0).any():
+        raise GeographyError(f"{path}: district {table['district_geoid'][total <= 0].iloc[0]} "
+                             "has probabilities summing to 0; expected a positive total")
+    table["probability"] /= total
     return table.sort_values(["district_geoid", "county_fips"]).reset_index(drop=True)
 
 

@@ -15,6 +15,8 @@ Both write ``manifest.json`` listing every file with size and sha256.
 """
 from __future__ import annotations
 
+import contextlib
+import gzip
 import os
 import shutil
 import subprocess
@@ -22,8 +24,10 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from .io_utils import atomic_path, atomic_write_json, sha256_file
 
@@ -119,6 +123,8 @@ RAW_FILES: tuple[RawFile, ...] = (
             "individual income by congressional district and AGI stub, TY2022", required=False),
 )
 
+RAW_BY_NAME: dict[str, RawFile] = {raw.name: raw for raw in RAW_FILES}
+
 OPTIONAL_FILE_PATTERNS: tuple[str, ...] = (
     # Census ASEC public-use CSVs, IRS PUF, ACS PUMS / SIPP / SCF donor files.
     "hhpub*.csv", "ffpub*.csv", "pppub*.csv",
@@ -129,6 +135,63 @@ OPTIONAL_FILE_PATTERNS: tuple[str, ...] = (
 
 class RawInputError(ValueError):
     """A raw input is missing, corrupt or of the wrong kind."""
+
+
+def shown(value) -> str:
+    """A cell as an error message shows it: ``empty or NaN`` for a missing number, a numpy
+    scalar as the plain number it holds, anything else as its repr."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float):
+        if value != value:
+            return "empty or NaN"
+        if value.is_integer():
+            return repr(int(value))
+    return repr(value)
+
+
+def _read_failure(exc: BaseException) -> str:
+    """What went wrong while reading, in words a person can act on."""
+    import pandas as pd
+
+    if isinstance(exc, pd.errors.EmptyDataError):
+        return "the file is empty (no header, no rows)"
+    if isinstance(exc, EOFError):
+        return "the file is truncated (the compressed stream ends early)"
+    if isinstance(exc, (zlib.error, gzip.BadGzipFile)):
+        return f"the compressed stream is corrupt ({exc})"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"the file is not text ({exc})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+# what reading a damaged file raises: a truncated gzip (EOFError), a corrupt one (BadGzipFile is
+# an OSError, zlib.error), an empty file (EmptyDataError is a ValueError), a bad row (ParserError)
+READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError, zlib.error)
+
+
+def read_csv_file(path: str | os.PathLike, expected: str, error: type[Exception] = RawInputError,
+                  *, allow_empty: bool = False, **kwargs):
+    """``pandas.read_csv(path, **kwargs)``, every failure re-raised as ``error`` naming the file.
+
+    ``expected`` says what the file should hold (``"growth factors: YEAR plus one column per
+    series"``); it ends every message, so a truncated ``cps.csv.gz`` or an empty county table
+    is reported as that file and what it should have been, never as a bare ``EOFError`` or
+    ``EmptyDataError``. A file with a header but no data rows is refused too unless
+    ``allow_empty``.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: file is missing; expected {expected}")
+    try:
+        frame = pd.read_csv(path, **kwargs)
+    except READ_ERRORS as exc:
+        raise error(f"{path}: cannot be read: {_read_failure(exc)}; expected {expected}") from exc
+    if not allow_empty and len(frame.index) == 0:
+        raise error(f"{path}: has no data rows; expected {expected}")
+    return frame
 
 
 def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
@@ -183,15 +246,57 @@ def _file_entry(path: Path, origin: str) -> dict:
     return {"size": path.stat().st_size, "sha256": sha256_file(path), "origin": origin}
 
 
+@contextlib.contextmanager
+def _staging(dest: Path) -> Iterator[Path]:
+    """A fresh folder beside ``dest`` (same filesystem, so moving a file in is atomic), removed
+    afterwards whatever happens."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _validate_then_install(stage: Path, dest: Path, changed: list[str], files: dict[str, dict],
+                           manifest: dict) -> None:
+    """Validate every file of ``stage`` with the readers the stages use; only then move the
+    ``changed`` files into ``dest`` and write the manifest. A bad file leaves ``dest`` and its
+    manifest exactly as they were."""
+    try:
+        validate_raw_folder(stage)
+    except ValueError as exc:
+        text = str(exc).replace(f"{stage}{os.sep}", "")
+        named = [n for n in files if n in text]  # the file the message names first
+        bad = min(named, key=text.index) if named else None
+        origin = files[bad]["origin"] if bad else "a provided file"
+        raise RawInputError(
+            f"raw input {bad or '?'} ({origin}) failed validation, so {dest} and its "
+            f"{MANIFEST_NAME} were left unchanged: {text}") from exc
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in changed:
+        os.replace(stage / name, dest / name)
+    atomic_write_json(dest / MANIFEST_NAME, manifest)
+
+
 def fetch_from_pypi(dest: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
                     extra_directory: str | os.PathLike | None = None) -> dict:
     """Fetch the pinned packages (or reuse the cache), extract their data files into ``dest``.
 
     ``extra_directory`` may add optional files (e.g. ``22incd.csv``) that the packages lack.
-    Returns the manifest, also written to ``dest/manifest.json``.
+    Files are extracted into a staging folder beside ``dest`` and validated there
+    (:func:`validate_raw_folder`) before any file of ``dest`` is replaced: a bad file leaves
+    ``dest`` and its manifest unchanged. Returns the manifest, also written to
+    ``dest/manifest.json``.
     """
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
     cache = _cache_dir(cache_dir)
     archives: dict[str, Path] = {}
     packages: dict[str, dict] = {}
@@ -199,23 +304,30 @@ def fetch_from_pypi(dest: str | os.PathLike, cache_dir: str | os.PathLike | None
         archives[name] = _download(package, cache)
         packages[name] = {"version": package.version, "file": package.filename,
                           "sha256": package.sha256}
+    previous_files = _read_manifest(dest).get("files", {})
     files: dict[str, dict] = {}
-    for raw in RAW_FILES:
-        if raw.package is None:
-            continue
-        out = dest / raw.name
-        archive = archives[raw.package]
-        origin = f"pypi:{PACKAGES[raw.package].requirement}:{raw.member}"
-        # skip re-extraction when an earlier run already extracted this very archive
-        previous = _read_manifest(dest).get("files", {}).get(raw.name)
-        if not (out.exists() and previous and previous.get("origin") == origin
-                and previous.get("sha256") == sha256_file(out)):
-            _extract(archive, raw.member, out)
-        files[raw.name] = _file_entry(out, origin)
-    if extra_directory:
-        files.update(_copy_optional(Path(extra_directory), dest))
-    manifest = {"provider": "pypi_cache", "packages": packages, "files": files}
-    atomic_write_json(dest / MANIFEST_NAME, manifest)
+    changed: list[str] = []
+    with _staging(dest) as stage:
+        for raw in RAW_FILES:
+            if raw.package is None:
+                continue
+            out, staged = dest / raw.name, stage / raw.name
+            origin = f"pypi:{PACKAGES[raw.package].requirement}:{raw.member}"
+            # reuse a file an earlier run already extracted from this very archive
+            previous = previous_files.get(raw.name)
+            if (out.is_file() and previous and previous.get("origin") == origin
+                    and previous.get("sha256") == sha256_file(out)):
+                _link_or_copy(out, staged)
+            else:
+                _extract(archives[raw.package], raw.member, staged)
+                changed.append(raw.name)
+            files[raw.name] = _file_entry(staged, origin)
+        if extra_directory:
+            extra = _copy_optional(Path(extra_directory), stage)
+            files.update(extra)
+            changed.extend(extra)
+        manifest = {"provider": "pypi_cache", "packages": packages, "files": files}
+        _validate_then_install(stage, dest, changed, files, manifest)
     return manifest
 
 
@@ -235,7 +347,13 @@ def _copy_optional(src: Path, dest: Path) -> dict[str, dict]:
 
 
 def collect_from_directory(src: str | os.PathLike, dest: str | os.PathLike) -> dict:
-    """Copy the raw files from a user's folder (same names as agencies' downloads) into ``dest``."""
+    """Copy the raw files from a user's folder (same names as agencies' downloads) into ``dest``.
+
+    The files are copied into a staging folder and validated there (format, required columns,
+    ranges and codes, by the readers the stages use) before anything in ``dest`` is replaced:
+    a bad file raises :class:`RawInputError` naming it and leaves ``dest`` and its manifest
+    byte-identical.
+    """
     src, dest = Path(src), Path(dest)
     if not src.is_dir():
         raise RawInputError(f"raw-input directory {src} does not exist or is not a folder")
@@ -245,18 +363,70 @@ def collect_from_directory(src: str | os.PathLike, dest: str | os.PathLike) -> d
             f"raw-input directory {src} lacks required file(s): {', '.join(missing)} "
             "(names as in docs/data.md)"
         )
-    dest.mkdir(parents=True, exist_ok=True)
     files: dict[str, dict] = {}
-    for raw in RAW_FILES:
-        if raw.required:
-            out = dest / raw.name
-            with atomic_path(out) as tmp:
-                shutil.copyfile(src / raw.name, tmp)
-            files[raw.name] = _file_entry(out, f"directory:{src / raw.name}")
-    files.update(_copy_optional(src, dest))
-    manifest = {"provider": "directory", "packages": {}, "files": files}
-    atomic_write_json(dest / MANIFEST_NAME, manifest)
+    with _staging(dest) as stage:
+        for raw in RAW_FILES:
+            if raw.required:
+                staged = stage / raw.name
+                shutil.copyfile(src / raw.name, staged)
+                files[raw.name] = _file_entry(staged, f"directory:{src / raw.name}")
+        files.update(_copy_optional(src, stage))
+        manifest = {"provider": "directory", "packages": {}, "files": files}
+        _validate_then_install(stage, dest, sorted(files), files, manifest)
     return manifest
+
+
+def validate_raw_folder(folder: str | os.PathLike) -> None:
+    """Read every raw file present in ``folder`` with the reader the stages use, so that a bad
+    file is refused at the boundary, before it replaces a good one.
+
+    Covers: growth factors and CPS weights (:mod:`uprating`: finite, > 0 / >= 0), the CPS file
+    (columns, numbers, state codes, ages, counts; :func:`taxcalc_cps.read_taxcalc_cps`), Census
+    ASEC CSVs when a complete set is present, the county table (known counties, districts,
+    probabilities), ACS S0101 populations, every targets ETL (Census ACS, IRS SOI, USDA FNS,
+    CMS; the SOI district file and its crosswalk when ``22incd.csv`` is present), and that the
+    remaining CSV / JSON files parse. Raises the reader's own error (a ``ValueError`` naming the
+    file and the row or key).
+    """
+    import json
+
+    from . import etl, geography, microdata, uprating
+    from .microdata_parts import asec, taxcalc_cps
+    from .microdata_parts import geography as mgeo
+
+    folder = Path(folder)
+
+    def has(*names: str) -> bool:
+        return all((folder / n).is_file() for n in names)
+
+    if has("growfactors.csv"):
+        uprating.read_growfactors(folder / "growfactors.csv", RawInputError)
+    if has("cps_weights.csv.gz"):
+        uprating.read_weight_totals(folder / "cps_weights.csv.gz", RawInputError)
+    if has("cps.csv.gz", "cps_weights.csv.gz"):
+        taxcalc_cps.read_taxcalc_cps(folder / "cps.csv.gz", folder / "cps_weights.csv.gz")
+    sets = microdata.find_asec_files(folder)
+    if sets is not None:
+        asec.read_asec(sets["hh"], sets["ff"], sets["pp"])
+    if has("county_cd_distributions.csv"):
+        geography.load_county_table(folder / "county_cd_distributions.csv")
+        mgeo.county_shares(folder / "county_cd_distributions.csv")
+    if has("acs_S0101_state_2024.json"):
+        mgeo.acs_state_population(folder / "acs_S0101_state_2024.json")
+    if has("acs_S0101_national_2024.json"):
+        mgeo.acs_national_population(folder / "acs_S0101_national_2024.json")
+    for _, extract in etl._registry():
+        extract(folder)
+    for name in ("district_mapping.csv", "national_and_district_rents_2023.csv"):
+        if has(name):
+            read_csv_file(folder / name, f"the {name} table of {RAW_BY_NAME[name].agency}")
+    for name in ("acs5_congressional_districts_2024.json", "records_variables.json"):
+        if has(name):
+            try:
+                json.loads((folder / name).read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise RawInputError(f"{folder / name}: not valid JSON ({exc}); expected "
+                                    f"{RAW_BY_NAME[name].description}") from exc
 
 
 def _read_manifest(dest: Path) -> dict:

@@ -32,38 +32,101 @@ class UpratingError(ValueError):
     """The growth files lack a year or are malformed."""
 
 
+def _first_bad(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _shown(value) -> str:
+    from .raw_inputs import shown
+
+    return shown(value)
+
+
+def read_growfactors(path: str | os.PathLike,
+                     error: type[Exception] = UpratingError) -> pd.DataFrame:
+    """``growfactors.csv`` validated at the boundary: one row per consecutive ``YEAR``, every
+    other column a series of finite growth factors > 0 (float).
+
+    A NaN, an empty cell, text, an infinite or a non-positive factor raises ``error`` naming the
+    file, the series and the year: a NaN would otherwise be skipped by a product of factors and
+    silently lower every uprated amount.
+    """
+    from .raw_inputs import read_csv_file
+
+    path = Path(path)
+    gf = read_csv_file(path, "Tax-Calculator growth factors: YEAR plus one column per series",
+                       error)
+    if "YEAR" not in gf.columns:
+        raise error(f"{path}: missing column 'YEAR'; expected YEAR plus one column per series")
+    year = pd.to_numeric(gf["YEAR"], errors="coerce")
+    bad = year.isna().to_numpy() | (year.to_numpy() != np.round(year.to_numpy()))
+    if bad.any():
+        row = _first_bad(bad)
+        raise error(f"{path}: row {row + 2}: YEAR {_shown(gf['YEAR'].iloc[row])} is not a "
+                    "whole year")
+    year = year.astype(np.int64)
+    if not year.is_unique or not (np.diff(np.sort(year.to_numpy())) == 1).all():
+        raise error(f"{path}: YEAR must list consecutive years once each; found "
+                    f"{sorted(year.tolist())[:5]}...")
+    out = {"YEAR": year.to_numpy()}
+    for col in gf.columns:
+        if col == "YEAR":
+            continue
+        values = pd.to_numeric(gf[col], errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(values) | (values <= 0)
+        if bad.any():
+            row = _first_bad(bad)
+            raise error(f"{path}: series {col} for YEAR {int(year.iloc[row])} (row {row + 2}) "
+                        f"is {_shown(gf[col].iloc[row])}; expected a finite growth factor > 0")
+        out[col] = values
+    return pd.DataFrame(out).sort_values("YEAR").reset_index(drop=True)
+
+
+def read_weight_totals(path: str | os.PathLike,
+                       error: type[Exception] = UpratingError) -> pd.Series:
+    """Total of each ``WT{year}`` column of ``cps_weights.csv.gz`` (x100 in the file, divided
+    back), indexed by year. Every weight must be a finite number >= 0: a NaN would be skipped by
+    the sum; the error names the file, the column (year) and the row."""
+    from .raw_inputs import read_csv_file
+
+    path = Path(path)
+    weights = read_csv_file(path, "taxdata CPS weights: one WT<year> column per year, "
+                            "one row per tax unit", error)
+    cols = [c for c in weights.columns if c.startswith("WT") and c[2:].isdigit()]
+    if not cols:
+        raise error(f"{path}: no WT<year> columns; expected WT2014..WT2036")
+    values = weights[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise error(f"{path}: column {cols[c]} row {r + 2} (tax unit {r + 1}) holds "
+                    f"{_shown(weights[cols[c]].iloc[r])}; expected a finite weight >= 0")
+    return pd.Series(values.sum(axis=0) / 100.0, index=[int(c[2:]) for c in cols])
+
+
 def growth_index(raw_dir: str | os.PathLike) -> pd.DataFrame:
     """Long frame ``year, basis, index`` for both bases over the years the files cover.
 
     ``cpi_u``: 1.0 in the first growfactors year, cumulative ``ACPIU`` after it.
     ``count``: sum of ``WT{year}`` weights (x100 in the file, divided back), i.e. tax units.
+    Both files are validated by :func:`read_growfactors` and :func:`read_weight_totals`.
     """
     raw_dir = Path(raw_dir)
     gf_path = raw_dir / GROWFACTORS_FILE
-    try:
-        gf = pd.read_csv(gf_path)
-    except (OSError, ValueError) as exc:
-        raise UpratingError(f"{gf_path}: cannot read growth factors ({exc})") from exc
-    for col in ("YEAR", "ACPIU"):
-        if col not in gf.columns:
-            raise UpratingError(f"{gf_path.name}: missing column {col}")
-    gf = gf.sort_values("YEAR")
+    gf = read_growfactors(gf_path)
+    if "ACPIU" not in gf.columns:
+        raise UpratingError(f"{gf_path}: missing column ACPIU (CPI-U growth factors)")
     cpi = pd.DataFrame({"year": gf["YEAR"].astype(int), "basis": "cpi_u",
                         "index": np.cumprod(gf["ACPIU"].to_numpy(dtype=float))})
     w_path = raw_dir / WEIGHTS_FILE
-    try:
-        weights = pd.read_csv(w_path)
-    except (OSError, ValueError) as exc:
-        raise UpratingError(f"{w_path}: cannot read CPS weights ({exc})") from exc
-    cols = [c for c in weights.columns if c.startswith("WT") and c[2:].isdigit()]
-    if not cols:
-        raise UpratingError(f"{w_path.name}: no WT<year> columns")
-    totals = weights[cols].sum(axis=0).to_numpy(dtype=float) / 100.0
-    count = pd.DataFrame({"year": [int(c[2:]) for c in cols], "basis": "count",
-                          "index": totals})
+    totals = read_weight_totals(w_path)
+    count = pd.DataFrame({"year": totals.index.astype(int), "basis": "count",
+                          "index": totals.to_numpy()})
+    zero = count[count["index"] <= 0]
+    if len(zero):
+        raise UpratingError(f"{w_path}: column WT{int(zero['year'].iloc[0])} sums to 0; "
+                            "expected a positive number of tax units")
     out = pd.concat([cpi, count], ignore_index=True)
-    if (out["index"] <= 0).any() or not np.isfinite(out["index"]).all():
-        raise UpratingError(f"{gf_path.name}/{w_path.name}: non-positive growth index")
     return out.sort_values(["basis", "year"]).reset_index(drop=True)
 
 

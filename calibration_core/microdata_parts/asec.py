@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .taxcalc_cps import CpsInputError, _dense_ids
+from .taxcalc_cps import MAX_AGE, STATE_CODES, CpsInputError, _dense_ids, _row_label, check_values
 
 HOUSEHOLD_COLUMNS = ("H_SEQ", "GESTFIPS", "HSUP_WGT")
 FAMILY_COLUMNS = ("FH_SEQ", "FFPOS")
@@ -44,11 +44,15 @@ ASEC_VARIABLE_MAP: tuple[tuple[str, str, str, str], ...] = (
 
 
 def _read(path: Path, required, kind: str) -> pd.DataFrame:
-    df = pd.read_csv(path)
+    from ..raw_inputs import read_csv_file
+
+    df = read_csv_file(path, f"a Census ASEC {kind} public-use CSV with columns "
+                       f"{', '.join(required)}", CpsInputError)
     df.columns = [c.strip().upper() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise CpsInputError(f"{path}: missing {kind} column(s) {missing}")
+    keys = df[[c for c in ("H_SEQ", "FH_SEQ", "PH_SEQ", "A_LINENO") if c in df.columns]]
     for col in df.columns:
         if col in required or any(col == m[2].split(" ")[0].split("==")[0].split(">")[0]
                                   for m in ASEC_VARIABLE_MAP) or col in ("TAX_ID", "SPM_ID",
@@ -56,15 +60,36 @@ def _read(path: Path, required, kind: str) -> pd.DataFrame:
             if not pd.api.types.is_numeric_dtype(df[col]):
                 bad = pd.to_numeric(df[col], errors="coerce").isna().to_numpy()
                 row = int(np.flatnonzero(bad)[0]) if bad.any() else 0
-                raise CpsInputError(f"{path}: column {col!r} must be numeric; row {row + 2} "
-                                    f"holds {df[col].iloc[row]!r}")
+                raise CpsInputError(f"{path}: column {col!r} must be numeric; "
+                                    f"{_row_label(row, keys)} holds {df[col].iloc[row]!r}")
+            values = df[col].to_numpy(dtype=float)
+            check_values(path, col, values, np.isfinite(values), "a finite number", keys)
     return df
+
+
+def _validate_codes(hh: pd.DataFrame, pp: pd.DataFrame, hh_path, pp_path) -> None:
+    """State codes, ages, sex codes and weights of the ASEC records (file, row, key named)."""
+    hkeys, pkeys = hh[["H_SEQ"]], pp[["PH_SEQ", "A_LINENO"]]
+    state = hh["GESTFIPS"].to_numpy()
+    check_values(hh_path, "GESTFIPS", state, np.isin(state, STATE_CODES),
+                 f"a state FIPS code of the 50 states or DC ({', '.join(map(str, STATE_CODES))})",
+                 hkeys)
+    weight = hh["HSUP_WGT"].to_numpy(dtype=float)
+    check_values(hh_path, "HSUP_WGT", weight, weight >= 0, "a weight >= 0", hkeys)
+    age = pp["A_AGE"].to_numpy(dtype=float)
+    check_values(pp_path, "A_AGE", age, (age >= 0) & (age <= MAX_AGE),
+                 f"an age in 0..{MAX_AGE}", pkeys)
+    sex = pp["A_SEX"].to_numpy()
+    check_values(pp_path, "A_SEX", sex, np.isin(sex, (1, 2)), "1 (male) or 2 (female)", pkeys)
+    weight = pp["MARSUPWT"].to_numpy(dtype=float)
+    check_values(pp_path, "MARSUPWT", weight, weight >= 0, "a weight >= 0", pkeys)
 
 
 def read_asec(hh_path: str | os.PathLike, ff_path: str | os.PathLike,
               pp_path: str | os.PathLike) -> dict[str, pd.DataFrame]:
     """Read and validate the three ASEC CSVs; returns {"household", "family", "person"} with
-    upper-case Census column names. Every person must belong to a listed household and family."""
+    upper-case Census column names. Every person must belong to a listed household and family;
+    state codes, ages, sex codes and weights must be valid (errors name file, row and key)."""
     hh = _read(Path(hh_path), HOUSEHOLD_COLUMNS, "household")
     ff = _read(Path(ff_path), FAMILY_COLUMNS, "family")
     pp = _read(Path(pp_path), PERSON_COLUMNS, "person")
@@ -74,8 +99,7 @@ def read_asec(hh_path: str | os.PathLike, ff_path: str | os.PathLike,
     ff_key = ff["FH_SEQ"].astype(np.int64) * 100 + ff["FFPOS"].astype(np.int64)
     if not np.isin(fam_key, ff_key).all():
         raise CpsInputError(f"{pp_path}: column 'PF_SEQ' names families absent from {ff_path}")
-    if (pp["MARSUPWT"] < 0).any() or (hh["HSUP_WGT"] < 0).any():
-        raise CpsInputError(f"{hh_path}: column 'HSUP_WGT' or 'MARSUPWT' has negative weights")
+    _validate_codes(hh, pp, hh_path, pp_path)
     return {"household": hh, "family": ff, "person": pp}
 
 

@@ -121,6 +121,14 @@ def _find(raw_dir: Path, pattern: str) -> list[Path]:
     return sorted(p for p in raw_dir.iterdir() if p.is_file() and rx.fullmatch(p.name))
 
 
+def _read(path: Path, expected: str, **kwargs) -> pd.DataFrame:
+    """``pandas.read_csv`` through the one reading helper: a damaged or empty donor file raises
+    DonorInputError naming the file and what it should hold."""
+    from ..raw_inputs import read_csv_file
+
+    return read_csv_file(path, expected, DonorInputError, **kwargs)
+
+
 def _columns(df: pd.DataFrame, path: Path, required, text=("SERIALNO", "SSUID")
              ) -> pd.DataFrame:
     """Upper-case the column names; every ``required`` column must exist and, unless it is an
@@ -175,10 +183,10 @@ def read_puf(puf_path: Path, demographics_path: Path | None) -> pd.DataFrame:
     """PUF tax units with predictors (head_age, head_is_male, is_joint, n_dependents), weight
     S006/100 and every PUF_VARIABLE_MAP source column present; aggregate records (MARS 0 or
     RECID >= 999996) dropped."""
-    puf = _columns(pd.read_csv(puf_path), puf_path, PUF_REQUIRED)
+    puf = _columns(_read(puf_path, "an IRS PUF CSV"), puf_path, PUF_REQUIRED)
     puf = puf[(puf["MARS"] > 0) & (puf["RECID"] < 999996)].reset_index(drop=True)
     if demographics_path is not None:
-        demo = _columns(pd.read_csv(demographics_path), demographics_path,
+        demo = _columns(_read(demographics_path, "the PUF demographics CSV"), demographics_path,
                         ("RECID", "AGERANGE", "GENDER"))
         puf = puf.merge(demo[["RECID", "AGERANGE", "GENDER"]], on="RECID", how="left")
     age = puf["AGERANGE"].map(PUF_AGE_MIDPOINT) if "AGERANGE" in puf else pd.Series(np.nan,
@@ -310,10 +318,10 @@ def impute_acs(tables, p_path: Path, h_path: Path, purpose="acs") -> tuple[dict,
     Predictors: age, is_male, wages, self-employment, Social Security, retirement income,
     household size, state. A head's existing positive real_estate_taxes is kept.
     """
-    p = _columns(pd.read_csv(p_path), p_path, ("SERIALNO", "SPORDER", "AGEP", "SEX", "ST",
-                                              "WAGP", "SEMP", "SSP", "RETP"))
-    h = _columns(pd.read_csv(h_path), h_path, ("SERIALNO", "NP", "TEN", "RNTP", "TAXAMT",
-                                              "WGTP"))
+    p = _columns(_read(p_path, "an ACS PUMS person CSV"), p_path,
+                 ("SERIALNO", "SPORDER", "AGEP", "SEX", "ST", "WAGP", "SEMP", "SSP", "RETP"))
+    h = _columns(_read(h_path, "an ACS PUMS housing CSV"), h_path,
+                 ("SERIALNO", "NP", "TEN", "RNTP", "TAXAMT", "WGTP"))
     d = p[p["SPORDER"] == 1].merge(h, on="SERIALNO", how="inner", suffixes=("", "_h"))
     d = d[d["NP"] > 0]
     adj = d["ADJINC"].to_numpy(float) / 1e6 if "ADJINC" in d else 1.0
@@ -359,7 +367,7 @@ def impute_sipp(tables, path: Path, purpose="sipp") -> tuple[dict, dict]:
     age TAGE, sex ESEX and the assets (TVAL_BANK, TVAL_STMF, TVAL_BOND) in MONTHCODE 12, weight
     WPFINWGT of month 12. Predictors: employment income, age, is_female.
     """
-    s = pd.read_csv(path, sep="|")
+    s = _read(path, "a pipe-separated SIPP public-use file", sep="|")
     s = _columns(s, path, ("SSUID", "PNUM", "MONTHCODE", "WPFINWGT", "TAGE", "ESEX", "TPEARN"))
     tips = [c for c in s.columns if re.fullmatch(r"TJB\d_TXAMT", c)]
     assets = [c for c in SIPP_ASSETS if c in s.columns]
@@ -393,8 +401,9 @@ def impute_scf(tables, path: Path, purpose="scf") -> tuple[dict, dict]:
     Predictors (head / household): age, is_female, is_married, children, wages,
     interest + dividends, Social Security + pensions. Weight WGT (all implicates).
     """
-    s = _columns(pd.read_csv(path), path, ("WGT", "AGE", "HHSEX", "MARRIED", "KIDS", "WAGEINC",
-                                           "INTDIVINC", "SSRETINC", "NETWORTH", "VEH_INST"))
+    s = _columns(_read(path, "an SCF summary extract CSV"), path,
+                 ("WGT", "AGE", "HHSEX", "MARRIED", "KIDS", "WAGEINC", "INTDIVINC", "SSRETINC",
+                  "NETWORTH", "VEH_INST"))
     x_d = np.column_stack([s["AGE"], s["HHSEX"] == 2, s["MARRIED"] == 1, s["KIDS"],
                            s["WAGEINC"], s["INTDIVINC"], s["SSRETINC"]]).astype(float)
     y_d = s[["NETWORTH", "VEH_INST"]].to_numpy(float)

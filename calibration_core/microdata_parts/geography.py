@@ -28,6 +28,12 @@ def _s0101_table(path: Path) -> pd.DataFrame:
         raise GeographyError(
             f"{path}: expected a Census API JSON table with GEO_ID and S0101_C01_001E ({exc})"
         ) from exc
+    bad = ~np.isfinite(total.to_numpy()) | (total.to_numpy() < 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise GeographyError(
+            f"{path}: GEO_ID {df['GEO_ID'].iloc[row]}: S0101_C01_001E is "
+            f"{df['S0101_C01_001E'].iloc[row]!r}; expected a finite population >= 0")
     return pd.DataFrame({"GEO_ID": df["GEO_ID"].astype(str), "NAME": df["NAME"], "pop": total})
 
 
@@ -49,6 +55,9 @@ def acs_state_population(path: str | os.PathLike) -> pd.Series:
     out = out[out.index.isin(list(STATE_ABBR))].sort_index()
     if len(out) != 51:
         raise GeographyError(f"{path}: expected 51 states incl. DC, found {len(out)}")
+    if (out <= 0).any():
+        raise GeographyError(f"{path}: state FIPS {int(out.index[(out <= 0).to_numpy()][0])} "
+                             "has population 0; expected a positive S0101_C01_001E")
     out.index.name = "state_fips"
     return out
 
@@ -72,14 +81,30 @@ def county_shares(county_cd_path: str | os.PathLike) -> pd.DataFrame:
     """Each county's share of its state's population, ``Σ_CD P(county | CD)`` normalised per
     state (districts within a state have near-equal populations). Columns: state_fips,
     county_fips (5-char str), share. Counties are policyengine-us's (all names match)."""
-    cd = pd.read_csv(county_cd_path)
+    from ..raw_inputs import read_csv_file, shown
+
+    cd = read_csv_file(county_cd_path, "P(county | district): columns cd_geoid, county_name, "
+                       "probability, one row per (district, county)", GeographyError)
     missing = {"cd_geoid", "county_name", "probability"} - set(cd.columns)
     if missing:
         raise GeographyError(f"{county_cd_path}: missing column(s) {sorted(missing)}")
+    prob = pd.to_numeric(cd["probability"], errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(prob) | (prob < 0) | (prob > 1 + 1e-9)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise GeographyError(
+            f"{county_cd_path}: row {row + 2} (district {cd['cd_geoid'].iloc[row]}, county "
+            f"{cd['county_name'].iloc[row]}): probability {shown(cd['probability'].iloc[row])}; "
+            "expected a number in 0..1")
+    cd = cd.assign(probability=prob)
     pe = policyengine_county_table().set_index("key")
     unknown = sorted(set(cd["county_name"]) - set(pe.index))
     if unknown:
-        raise GeographyError(f"{county_cd_path}: counties unknown to policyengine-us: {unknown[:5]}")
+        row = int(np.flatnonzero(cd["county_name"].isin(unknown).to_numpy())[0])
+        raise GeographyError(f"{county_cd_path}: row {row + 2}: county "
+                             f"{cd['county_name'].iloc[row]!r} unknown to policyengine-us "
+                             f"({len(unknown)} such: {unknown[:5]}); expected County enum names "
+                             "like BALDWIN_COUNTY_AL")
     cd = cd.assign(county_fips=pe.loc[cd["county_name"], "county_fips"].to_numpy())
     cd["state_fips"] = cd["county_fips"].str[:2].astype(int)
     out = cd.groupby(["state_fips", "county_fips"], as_index=False)["probability"].sum()

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..areas import STATE_ABBR
 from ..io_utils import keyed_uniform
 
 CPS_DATA_YEAR = 2014  # taxcalc Records.CPSCSV_YEAR
@@ -95,9 +96,52 @@ class CpsInputError(ValueError):
     """The CPS source file is missing a column or holds a value of the wrong kind."""
 
 
-def _numeric(df: pd.DataFrame, columns, path) -> pd.DataFrame:
-    """The named columns as numbers; a column pandas did not parse as numeric is an error that
-    names the file, the column, the first offending row (1-based, header = row 1) and value."""
+STATE_CODES: tuple[int, ...] = tuple(sorted(STATE_ABBR))  # the 50 states and DC
+MAX_AGE = 120
+# column -> (lowest, highest) allowed value, inclusive; a record outside is refused
+RECORD_RANGES: dict[str, tuple[float, float]] = {
+    "age_head": (0, MAX_AGE), "age_spouse": (0, MAX_AGE), "MARS": (1, 5),
+    **{c: (0, np.inf) for c in ("XTOT", "nu06", "nu13", "nu18", "n1820", "n21",
+                                "elderly_dependents", "h_seq", "ffpos", "a_lineno")},
+}
+INT_COLUMNS = ("RECID", "FLPDYR", "h_seq", "ffpos", "a_lineno", "fips", "MARS", "XTOT",
+               "nu06", "nu13", "nu18", "n1820", "n21", "elderly_dependents")
+
+
+def _plain(value):
+    """A numpy scalar as the Python number it holds (whole floats as ints), for messages."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value
+
+
+def _row_label(row: int, keys: pd.DataFrame | None) -> str:
+    """``row N`` (1-based, header = row 1) plus the record's id columns when known."""
+    label = f"row {row + 2}"
+    if keys is not None and len(keys.columns):
+        label += " (" + ", ".join(f"{c} {_plain(keys[c].iloc[row])}" for c in keys.columns) + ")"
+    return label
+
+
+def check_values(path, column: str, values: np.ndarray, ok: np.ndarray, expected: str,
+                 keys: pd.DataFrame | None = None, error=None) -> None:
+    """Raise naming the file, the first offending row (and its record id) and what was expected
+    unless every ``ok`` is true. ``values`` are the column's values, used in the message."""
+    if ok.all():
+        return
+    row = int(np.flatnonzero(~ok)[0])
+    value = _plain(values[row])
+    raise (error or CpsInputError)(
+        f"{path}: {_row_label(row, keys)}: column {column!r} is {value!r}; expected {expected} "
+        f"({int((~ok).sum())} row(s) affected)")
+
+
+def _numeric(df: pd.DataFrame, columns, path, keys: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The named columns as numbers; a column pandas did not parse as numeric, an empty cell or
+    an infinite value is an error that names the file, the column, the first offending row
+    (1-based, header = row 1), the record id when ``keys`` holds it, and the value."""
     out = {}
     for col in columns:
         values = df[col]
@@ -106,13 +150,36 @@ def _numeric(df: pd.DataFrame, columns, path) -> pd.DataFrame:
             bad = np.flatnonzero(coerced.isna().to_numpy())
             row = int(bad[0]) if len(bad) else 0
             raise CpsInputError(
-                f"{path}: column {col!r} must be numeric; row {row + 2} holds "
+                f"{path}: column {col!r} must be numeric; {_row_label(row, keys)} holds "
                 f"{values.iloc[row]!r}")
         if values.isna().any():
             row = int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise CpsInputError(f"{path}: column {col!r} has an empty value in row {row + 2}")
-        out[col] = values.to_numpy()
+            raise CpsInputError(f"{path}: column {col!r} has an empty value in "
+                                f"{_row_label(row, keys)}; expected a number")
+        arr = values.to_numpy()
+        if not pd.api.types.is_bool_dtype(values):
+            check_values(path, col, arr, np.isfinite(arr.astype(float)), "a finite number",
+                         keys)
+        out[col] = arr
     return pd.DataFrame(out)
+
+
+def validate_records(records: pd.DataFrame, path) -> None:
+    """Codes and ranges of the tax-unit records: state ``fips`` one of the 51 codes, ages in
+    0..120, ``MARS`` 1..5, person counts >= 0, id and count columns whole numbers. Raises
+    :class:`CpsInputError` naming the file, the row, the RECID and what was expected."""
+    keys = records[["RECID"]]
+    for col in INT_COLUMNS:
+        v = records[col].to_numpy(dtype=float)
+        check_values(path, col, v, v == np.round(v), "a whole number", keys)
+    fips = records["fips"].to_numpy()
+    check_values(path, "fips", fips, np.isin(fips, STATE_CODES),
+                 f"a state FIPS code of the 50 states or DC ({', '.join(map(str, STATE_CODES))})",
+                 keys)
+    for col, (lo, hi) in RECORD_RANGES.items():
+        v = records[col].to_numpy(dtype=float)
+        what = f"a value in {lo}..{hi}" if np.isfinite(hi) else f"a value >= {lo}"
+        check_values(path, col, v, (v >= lo) & (v <= hi), what, keys)
 
 
 def read_taxcalc_cps(cps_path: str | os.PathLike, weights_path: str | os.PathLike,
@@ -120,31 +187,40 @@ def read_taxcalc_cps(cps_path: str | os.PathLike, weights_path: str | os.PathLik
     """Read and validate the CPS file and its weights; return one row per tax unit.
 
     Returns the columns in :data:`REQUIRED_COLUMNS` (numeric) plus ``weight`` = WT<year> / 100
-    (n_units rows, file order). Raises :class:`CpsInputError` naming the file and the column when
-    a column is missing or non-numeric, a weight is negative, or the two files differ in length.
+    (n_units rows, file order). Raises :class:`CpsInputError` naming the file, and the column and
+    row (with its RECID) where there is one, when a file cannot be read (truncated, empty), a
+    column is missing or non-numeric, a value is empty or infinite, a code or range is violated
+    (:func:`validate_records`), a weight is negative, or the two files differ in length.
     """
+    from ..raw_inputs import read_csv_file
+
     cps_path, weights_path = Path(cps_path), Path(weights_path)
-    raw = pd.read_csv(cps_path, keep_default_na=False, na_values=[""])
+    raw = read_csv_file(cps_path, "Tax-Calculator's CPS file: one row per tax unit with "
+                        "RECID, fips, MARS, ages, counts and income columns", CpsInputError,
+                        keep_default_na=False, na_values=[""])
     missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
     if missing:
         raise CpsInputError(f"{cps_path}: missing column(s) {missing}")
-    records = _numeric(raw, REQUIRED_COLUMNS, cps_path)
+    keys = raw[["RECID"]] if "RECID" in raw.columns else None
+    records = _numeric(raw, REQUIRED_COLUMNS, cps_path, keys)
+    validate_records(records, cps_path)
     wcol = f"WT{year}"
-    wraw = pd.read_csv(weights_path, usecols=lambda c: c == wcol, keep_default_na=False,
-                       na_values=[""])
+    wraw = read_csv_file(weights_path, f"taxdata CPS weights with a {wcol} column, one row "
+                         "per tax unit", CpsInputError, allow_empty=True,
+                         usecols=lambda c: c == wcol, keep_default_na=False, na_values=[""])
     if wcol not in wraw.columns:
         raise CpsInputError(f"{weights_path}: missing column {wcol!r} (weights for {year})")
     weight = _numeric(wraw, [wcol], weights_path)[wcol].to_numpy(dtype=float)
     if len(weight) != len(records):
         raise CpsInputError(f"{weights_path}: {len(weight)} rows, but {cps_path} has "
                             f"{len(records)} tax units")
-    if (weight < 0).any():
-        raise CpsInputError(f"{weights_path}: column {wcol!r} has negative weights")
+    check_values(weights_path, wcol, weight, weight >= 0, "a weight >= 0",
+                 records[["RECID"]])
     if not records["RECID"].is_unique:
-        raise CpsInputError(f"{cps_path}: column 'RECID' is not unique")
-    int_cols = ["RECID", "FLPDYR", "h_seq", "ffpos", "a_lineno", "fips", "MARS", "XTOT",
-                "nu06", "nu13", "nu18", "n1820", "n21", "elderly_dependents"]
-    records[int_cols] = records[int_cols].astype(np.int64)
+        dup = int(np.flatnonzero(records["RECID"].duplicated().to_numpy())[0])
+        raise CpsInputError(f"{cps_path}: row {dup + 2}: column 'RECID' repeats "
+                            f"{int(records['RECID'].iloc[dup])}; expected unique ids")
+    records[list(INT_COLUMNS)] = records[list(INT_COLUMNS)].astype(np.int64)
     records["weight"] = weight / 100.0
     return records
 
@@ -152,11 +228,13 @@ def read_taxcalc_cps(cps_path: str | os.PathLike, weights_path: str | os.PathLik
 def growth_factors(growfactors_path: str | os.PathLike, from_year: int, to_year: int) -> pd.Series:
     """Cumulative growth factor per column (AWAGE, ATXPY, ...): product of rows from_year+1..to_year.
 
-    Matches Tax-Calculator, which applies row ``Y`` when it moves data from Y-1 to Y.
+    Matches Tax-Calculator, which applies row ``Y`` when it moves data from Y-1 to Y. The file is
+    validated by :func:`calibration_core.uprating.read_growfactors` (a NaN, empty, infinite or
+    non-positive factor raises naming the file, the series and the year).
     """
-    gf = pd.read_csv(growfactors_path)
-    if "YEAR" not in gf.columns:
-        raise CpsInputError(f"{growfactors_path}: missing column 'YEAR'")
+    from ..uprating import read_growfactors
+
+    gf = read_growfactors(growfactors_path, CpsInputError)
     rows = gf[(gf["YEAR"] > from_year) & (gf["YEAR"] <= to_year)]
     if len(rows) != to_year - from_year:
         raise CpsInputError(f"{growfactors_path}: needs rows YEAR {from_year + 1}..{to_year}")
