@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from ..areas import STATE_ABBR, STATE_FIPS, STATES, district_geoids, normalize_district_geoid
+from ..raw_inputs import read_csv_file, shown
 
 TARGET_COLUMNS = [
     "geo_level", "geo_id", "filer", "domain", "variable", "period", "value", "unit", "source",
@@ -178,21 +179,33 @@ def require_columns(frame: pd.DataFrame, columns: Iterable[str], file: str) -> N
         )
 
 
+def read_csv_table(path: Path, expected: str, **kwargs) -> pd.DataFrame:
+    """``pandas.read_csv`` through the one reading helper: an empty, truncated or unparsable
+    file raises :class:`TargetsInputError` naming the file and what it should hold."""
+    return read_csv_file(path, expected, TargetsInputError, **kwargs)
+
+
 def numeric_columns(frame: pd.DataFrame, columns: Sequence[str], file: str,
-                    key: pd.Series, *, nonnegative: bool = True) -> pd.DataFrame:
-    """Parse ``columns`` to float; a clear error naming the key for unparsable or negative cells.
+                    key: pd.Series, *, nonnegative: bool = True,
+                    finite: bool = True) -> pd.DataFrame:
+    """Parse ``columns`` to float; a clear error naming the key for unparsable, infinite or
+    negative cells.
 
     ``key`` labels each row (GEO_ID, state ...) in messages. Census marks suppressed or missing
     estimates with large negative sentinels (-666666666 ...): with ``nonnegative`` they are
-    refused like any negative count.
+    refused like any negative count. ``finite=False`` lets ``inf`` / ``-inf`` through (open
+    AGI band edges).
     """
-    out = frame[list(columns)].apply(pd.to_numeric, errors="coerce").astype(np.float64)
-    bad = out.isna()
-    if bad.to_numpy().any():
-        r, c = np.argwhere(bad.to_numpy())[0]
+    columns = list(columns)
+    out = frame[columns].apply(pd.to_numeric, errors="coerce").astype(np.float64)
+    bad = out.isna().to_numpy()
+    if finite:
+        bad = bad | ~np.isfinite(out.to_numpy())
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
         raise TargetsInputError(
             f"{file}: {key.name} {key.iloc[r]!r}, column {columns[c]}: value "
-            f"{frame[columns[c]].iloc[r]!r} is not a number"
+            f"{shown(frame[columns[c]].iloc[r])} is not a {'finite ' if finite else ''}number"
         )
     if nonnegative:
         neg = out.to_numpy() < 0

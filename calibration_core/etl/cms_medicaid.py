@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import (
     STATE_FIPS_SET, EtlResult, SourceInfo, TargetsInputError, concat_targets, make_targets,
-    raw_file, require_columns, require_complete, state_abbr_to_fips,
+    raw_file, read_csv_table, require_columns, require_complete, state_abbr_to_fips,
 )
 
 SOURCE = "CMS Medicaid"
@@ -32,11 +32,10 @@ MEDICAID_DOMAIN = (("medicaid_enrolled", "==", "True"),)
 
 def extract(raw_dir: Path) -> EtlResult:
     path = raw_file(raw_dir, FILE)
-    try:
-        frame = pd.read_csv(path, usecols=lambda c: c in (STATE, MONTH, FINAL, ENROLLMENT),
-                            dtype={STATE: str, FINAL: str}, low_memory=False)
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise TargetsInputError(f"{FILE}: not a readable CSV ({exc})") from exc
+    frame = read_csv_table(path, f"CMS Medicaid performance indicators with columns {STATE}, "
+                           f"{MONTH}, {FINAL}, {ENROLLMENT}", allow_empty=True,
+                           usecols=lambda c: c in (STATE, MONTH, FINAL, ENROLLMENT),
+                           dtype={STATE: str, FINAL: str}, low_memory=False)
     require_columns(frame, [STATE, MONTH, FINAL, ENROLLMENT], FILE)
     frame = frame[frame[FINAL].astype(str).str.strip().str.upper() == "Y"].copy()
     frame["state_fips"] = state_abbr_to_fips(frame[STATE], FILE)
@@ -47,7 +46,16 @@ def extract(raw_dir: Path) -> EtlResult:
         raise TargetsInputError(f"{FILE}: state {bad[STATE]!r}: {MONTH} {bad[MONTH]!r} is not "
                                 "a YYYYMM number")
     frame[MONTH] = month.astype(int)
-    frame[ENROLLMENT] = pd.to_numeric(frame[ENROLLMENT], errors="coerce")
+    enrollment = pd.to_numeric(frame[ENROLLMENT], errors="coerce")
+    # an empty cell is "nothing reported" (handled below); text or an infinite value is an error
+    garbage = (enrollment.isna() & frame[ENROLLMENT].notna()
+               & (frame[ENROLLMENT].astype(str).str.strip() != "")) | np.isinf(enrollment)
+    if garbage.any():
+        bad = frame[garbage].iloc[0]
+        raise TargetsInputError(
+            f"{FILE}: state {bad[STATE]!r}, {MONTH} {bad[MONTH]}: {ENROLLMENT} is "
+            f"{bad[ENROLLMENT]!r}; expected a finite number of enrollees (or an empty cell)")
+    frame[ENROLLMENT] = enrollment
     dup = frame.duplicated(["state_fips", MONTH])
     if dup.any():
         bad = frame[dup].iloc[0]

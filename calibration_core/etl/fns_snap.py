@@ -120,12 +120,13 @@ def extract(raw_dir: Path) -> EtlResult:
     require_unique(table["name"].rename("state"), where)
     require_complete(table["state_fips"], STATE_FIPS_SET, where, "state")
     for col in ("households", "cost"):
-        neg = table[table[col] < 0]
-        if len(neg) or not np.isfinite(table[col]).all():
-            bad = neg.iloc[0] if len(neg) else table[~np.isfinite(table[col])].iloc[0]
+        bad_rows = table[~np.isfinite(table[col]) | (table[col] < 0)]
+        if len(bad_rows):
+            bad = bad_rows.iloc[0]
+            what = "negative count" if np.isfinite(bad[col]) else "non-finite value"
             raise TargetsInputError(
-                f"{where}, sheet {bad['sheet']}, state {bad['name']!r}: negative count "
-                f"{col} = {bad[col]:g}; expected a non-negative number")
+                f"{where}, sheet {bad['sheet']}, state {bad['name']!r}: {what} {col} = "
+                f"{bad[col]:g} (Total row {bad['row']}); expected a finite non-negative number")
     table = table.sort_values("state_fips")
     frames = [
         make_targets(geo_level="state", geo_ids=table["state_fips"], variable="household_count",

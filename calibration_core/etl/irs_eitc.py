@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from . import (
     STATE_FIPS_SET, EtlResult, SourceInfo, TargetsInputError, concat_targets, make_targets,
-    numeric_columns, parse_state_geoid, raw_file, require_columns, require_complete,
-    require_unique,
+    numeric_columns, parse_state_geoid, raw_file, read_csv_table, require_columns,
+    require_complete, require_unique,
 )
 
 SOURCE = "IRS SOI"
@@ -25,10 +23,8 @@ EITC_DOMAIN = (("eitc", ">", "0"),)
 
 def extract(raw_dir: Path) -> EtlResult:
     path = raw_file(raw_dir, FILE)
-    try:
-        frame = pd.read_csv(path, comment="#", dtype={"GEO_ID": str})
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise TargetsInputError(f"{FILE}: not a readable CSV ({exc})") from exc
+    frame = read_csv_table(path, "IRS SOI EITC by state: GEO_ID, Returns, Amount",
+                           comment="#", dtype={"GEO_ID": str})
     require_columns(frame, ["GEO_ID", "Returns", "Amount"], FILE)
     frame["geo_id"] = parse_state_geoid(frame["GEO_ID"], FILE)
     frame = frame[frame["geo_id"] > 0]

@@ -30,8 +30,8 @@ import pandas as pd
 
 from . import (
     DISTRICT_SET, STATE_FIPS_SET, EtlResult, SourceInfo, TargetsInputError, band,
-    concat_targets, make_targets, numeric_columns, parse_state_geoid, raw_file, require_columns,
-    require_complete,
+    concat_targets, make_targets, numeric_columns, parse_state_geoid, raw_file, read_csv_table,
+    require_columns, require_complete, shown,
 )
 from ..areas import DISTRICT_COUNT, STATE_ABBR, normalize_district_geoid
 
@@ -74,10 +74,8 @@ def _band_targets(table: pd.DataFrame, *, level: str, period: int, file: str,
 def read_state_file(path: Path) -> pd.DataFrame:
     """agi_state.csv -> geo_id, lo, hi, kind, value (51 states x 10 bands x 2)."""
     file = path.name
-    try:
-        frame = pd.read_csv(path, dtype={"GEO_ID": str})
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise TargetsInputError(f"{file}: not a readable CSV ({exc})") from exc
+    frame = read_csv_table(path, "IRS SOI state AGI bands: GEO_ID, AGI_LOWER_BOUND, "
+                           "AGI_UPPER_BOUND, VALUE, IS_COUNT", dtype={"GEO_ID": str})
     cols = ["GEO_ID", "AGI_LOWER_BOUND", "AGI_UPPER_BOUND", "VALUE", "IS_COUNT"]
     require_columns(frame, cols, file)
     frame["geo_id"] = parse_state_geoid(frame["GEO_ID"], file)
@@ -85,9 +83,16 @@ def read_state_file(path: Path) -> pd.DataFrame:
     key = (frame["GEO_ID"] + " AGI [" + frame["AGI_LOWER_BOUND"].astype(str) + ", "
            + frame["AGI_UPPER_BOUND"].astype(str) + ") IS_COUNT="
            + frame["IS_COUNT"].astype(str)).rename("key")
-    numbers = numeric_columns(frame, ["AGI_LOWER_BOUND", "AGI_UPPER_BOUND", "VALUE", "IS_COUNT"],
-                              file, key.reset_index(drop=True).set_axis(frame.index),
-                              nonnegative=False)
+    key = key.reset_index(drop=True).set_axis(frame.index)
+    bounds = numeric_columns(frame, ["AGI_LOWER_BOUND", "AGI_UPPER_BOUND"], file, key,
+                             nonnegative=False, finite=False)
+    numbers = numeric_columns(frame, ["VALUE", "IS_COUNT"], file, key, nonnegative=False)
+    numbers[["AGI_LOWER_BOUND", "AGI_UPPER_BOUND"]] = bounds
+    not_flag = ~numbers["IS_COUNT"].isin([0, 1])
+    if not_flag.any():
+        raise TargetsInputError(f"{file}: {key[not_flag].iloc[0]}: IS_COUNT is "
+                                f"{shown(frame.loc[not_flag, 'IS_COUNT'].iloc[0])}; expected 1 "
+                                "(number of returns) or 0 (amount)")
     frame[["lo", "hi", "value"]] = numbers[["AGI_LOWER_BOUND", "AGI_UPPER_BOUND", "VALUE"]]
     frame["kind"] = np.where(numbers["IS_COUNT"] == 1, "count", "amount")
     dup = key.duplicated()
@@ -118,19 +123,36 @@ def read_national_file(path: Path, years=NATIONAL_YEARS) -> pd.DataFrame:
     and that their sum equals the published all-returns total.
     """
     file = path.name
-    try:
-        frame = pd.read_csv(path)
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise TargetsInputError(f"{file}: not a readable CSV ({exc})") from exc
+    frame = read_csv_table(path, "IRS SOI Publication 1304 tables: Year, SOI table, Variable, "
+                           "Filing status, AGI bounds, flags, Value")
     cols = ["Year", "SOI table", "Variable", "Filing status", "AGI lower bound",
             "AGI upper bound", "Count", "Taxable only", "Full population", "Value"]
     require_columns(frame, cols, file)
+    row_key = ("row " + pd.Series(np.arange(len(frame)) + 2, index=frame.index).astype(str)
+               + " (Year " + frame["Year"].astype(str) + ", " + frame["SOI table"].astype(str)
+               + ", " + frame["Variable"].astype(str) + ")").rename("key")
+    for flag in ("Count", "Taxable only", "Full population"):
+        not_bool = ~frame[flag].isin([True, False])
+        if not_bool.any():
+            raise TargetsInputError(f"{file}: {row_key[not_bool].iloc[0]}: {flag} is "
+                                    f"{shown(frame.loc[not_bool, flag].iloc[0])}; expected True or "
+                                    "False")
+    year = numeric_columns(frame, ["Year"], file, row_key)["Year"]
+    if (year != year.round()).any():
+        raise TargetsInputError(f"{file}: {row_key[year != year.round()].iloc[0]}: Year is not "
+                                "a whole tax year")
+    frame["Year"] = year.astype(np.int64)
     sel = frame[(frame["SOI table"] == "Table 1.1") & (frame["Filing status"] == "All")
                 & ~frame["Taxable only"].astype(bool)
                 & (((frame["Variable"] == "count") & frame["Count"].astype(bool))
                    | ((frame["Variable"] == "adjusted_gross_income")
                       & ~frame["Count"].astype(bool)))
                 & frame["Year"].isin(years)].copy()
+    sel[["AGI lower bound", "AGI upper bound"]] = numeric_columns(
+        sel, ["AGI lower bound", "AGI upper bound"], file, row_key[sel.index],
+        nonnegative=False, finite=False)
+    sel["Value"] = numeric_columns(sel, ["Value"], file, row_key[sel.index],
+                                   nonnegative=False)["Value"]
     sel["kind"] = np.where(sel["Variable"] == "count", "count", "amount")
     key = ("Year " + sel["Year"].astype(str) + " " + sel["Variable"] + " AGI ["
            + sel["AGI lower bound"].astype(str) + ", " + sel["AGI upper bound"].astype(str)
@@ -180,10 +202,9 @@ def _district_counts(frame: pd.DataFrame) -> dict[int, int]:
 def read_district_file(path: Path, crosswalk: Path | None) -> tuple[pd.DataFrame, bool]:
     """22incd.csv -> (geo_id, lo, hi, kind, value) for 436 districts x 9 stubs x 2; modelled?"""
     file = path.name
-    try:
-        frame = pd.read_csv(path, dtype={"STATE": str}, thousands=",")
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise TargetsInputError(f"{file}: not a readable CSV ({exc})") from exc
+    frame = read_csv_table(path, "IRS SOI congressional-district file: STATEFIPS, "
+                           "CONG_DISTRICT, agi_stub, N1, A00100", dtype={"STATE": str},
+                           thousands=",")
     cols = ["STATEFIPS", "CONG_DISTRICT", "agi_stub", "N1", "A00100"]
     require_columns(frame, cols, file)
     key = ("STATEFIPS " + frame["STATEFIPS"].astype(str) + " CONG_DISTRICT "
@@ -228,13 +249,7 @@ def read_district_file(path: Path, crosswalk: Path | None) -> tuple[pd.DataFrame
     if crosswalk is None:
         raise TargetsInputError(f"{file}: district counts differ from the 119th Congress and "
                                 f"{CROSSWALK_FILE} is missing")
-    xw = pd.read_csv(crosswalk, dtype=str)
-    require_columns(xw, ["code_old", "code_new", "proportion"], crosswalk.name)
-    xw = pd.DataFrame({
-        "code": xw["code_old"].str[-4:].astype(int).map(normalize_district_geoid),
-        "geo_id": xw["code_new"].str[-4:].astype(int).map(normalize_district_geoid),
-        "share": pd.to_numeric(xw["proportion"], errors="raise"),
-    })
+    xw = read_crosswalk(crosswalk)
     unknown = ~long["code"].isin(set(xw["code"]))
     if unknown.any():
         raise TargetsInputError(f"{file}: district {long['code'][unknown].iloc[0]} is neither a "
@@ -244,6 +259,38 @@ def read_district_file(path: Path, crosswalk: Path | None) -> tuple[pd.DataFrame
     out = mapped.groupby(["geo_id", "lo", "hi", "kind"], as_index=False)["value"].sum()
     require_complete(out["geo_id"], DISTRICT_SET, file, "district")
     return out, True
+
+
+def read_crosswalk(path: Path) -> pd.DataFrame:
+    """district_mapping.csv -> code (old district), geo_id (119th district), share in 0..1.
+
+    Codes are GEOID strings ending in ``ssdd``; a code that does not parse, a new code outside
+    the 436 districts, or a proportion that is not a number in 0..1 names the file and row."""
+    file = path.name
+    xw = read_csv_table(path, "116th -> 119th district crosswalk: code_old, code_new, "
+                        "proportion", dtype=str)
+    require_columns(xw, ["code_old", "code_new", "proportion"], file)
+    key = ("row " + pd.Series(np.arange(len(xw)) + 2, index=xw.index).astype(str) + " ("
+           + xw["code_old"].astype(str) + " -> " + xw["code_new"].astype(str) + ")").rename("key")
+    codes = {}
+    for col in ("code_old", "code_new"):
+        text = xw[col].astype(str).str.strip().str[-4:]
+        ok = text.str.fullmatch(r"\d{4}")
+        if not ok.all():
+            raise TargetsInputError(f"{file}: {key[~ok].iloc[0]}: {col} "
+                                    f"{shown(xw[col][~ok].iloc[0])}; expected a district GEOID "
+                                    "ending in ssdd")
+        codes[col] = text.astype(int).map(normalize_district_geoid)
+    unknown = ~codes["code_new"].isin(DISTRICT_SET)
+    if unknown.any():
+        raise TargetsInputError(f"{file}: {key[unknown].iloc[0]}: code_new is not one of the 436 "
+                                "districts of the 119th Congress")
+    share = numeric_columns(xw, ["proportion"], file, key)["proportion"]
+    above = share > 1 + 1e-9
+    if above.any():
+        raise TargetsInputError(f"{file}: {key[above].iloc[0]}: proportion "
+                                f"{share[above].iloc[0]:g}; expected a share in 0..1")
+    return pd.DataFrame({"code": codes["code_old"], "geo_id": codes["code_new"], "share": share})
 
 
 def extract(raw_dir: Path) -> EtlResult:
