@@ -15,7 +15,10 @@ from resources.store import ArtifactStore
     description=(
         "Real public inputs (Census ACS, IRS SOI, USDA FNS, CMS, Tax-Calculator's CPS file) "
         "in `raw/`, with `raw/manifest.json` giving every file's size and sha256. The default "
-        "provider takes them from pinned PyPI packages and caches the archives."
+        "provider takes them from pinned PyPI packages and caches the archives. New files are "
+        "staged and validated (format, required columns, ranges, codes) by the readers the "
+        "later stages use before they replace anything in `raw/`: a bad file fails here, "
+        "naming the file and the row or key, and leaves `raw/` and its manifest unchanged."
     ),
 )
 def raw_public_inputs(

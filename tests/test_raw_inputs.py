@@ -7,6 +7,7 @@ import pytest
 
 from calibration_core import raw_inputs
 from calibration_core.raw_inputs import RawInputError
+from tests.targets_fixtures import incd_frame
 
 
 def test_pypi_fetch_extracts_every_file_with_hashes(real_raw_dir):
@@ -65,7 +66,8 @@ def test_directory_provider_copies_required_and_optional(real_raw_dir, tmp_path)
     for raw in raw_inputs.RAW_FILES:
         if raw.required:
             (src / raw.name).write_bytes((real_raw_dir / raw.name).read_bytes())
-    (src / "22incd.csv").write_text("STATEFIPS,STATE,CONG_DISTRICT,agi_stub,N1,A00100\n")
+    # optional files are validated like the rest before they enter the raw folder
+    incd_frame().to_csv(src / "22incd.csv", index=False)
     (src / "unrelated.txt").write_text("x")
     manifest = raw_inputs.collect_from_directory(src, tmp_path / "out")
     assert "22incd.csv" in manifest["files"]
