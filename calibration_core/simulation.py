@@ -999,11 +999,11 @@ def simulate_states(
              for i, c in enumerate(chunks)]
     pool = None
     if workers > 1 and len(chunks) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        from .process_lifetime import worker_pool
 
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)),
-                                   mp_context=mp.get_context("spawn"))
+        # spawn workers that die with this process (a SIGKILLed build must not leave them
+        # finishing their chunks and idling at ~1.8 GB each)
+        pool = worker_pool(min(workers, len(chunks)))
     try:
         # the traced chunk is submitted first, so it never waits behind the others
         results = (map(_chunk_task, tasks, [tables] * len(tasks)) if pool is None

@@ -17,6 +17,31 @@ class ArtifactStore(dg.ConfigurableResource):
 
     root: str = ".areacal"
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """In a step process of Dagster's multiprocess executor, die with the run process.
+
+        Every asset takes ``store``, so this runs in every step process before the step. Such a
+        process is a ``multiprocessing`` child of the run worker (``spawn``, the default: the
+        run worker is its parent; ``forkserver``: its parent is the fork server, which outlives
+        a killed run worker while its children hold its pipe). Without this a ``kill -9`` of
+        ``dagster asset materialize`` leaves the step running to the end, recording a
+        materialization in a run that stays STARTED. The run process itself (in-process
+        executor, ``jobs.build_cli``, sensors) has no multiprocessing parent and is unaffected.
+        """
+        import multiprocessing
+
+        from calibration_core.process_lifetime import die_with_parent, die_with_process
+
+        parent = multiprocessing.parent_process()
+        if parent is None or parent.pid is None or parent.pid == os.getpid():
+            return
+        if os.getppid() == parent.pid:
+            reason = die_with_parent(parent.pid)
+        else:  # forkserver (or re-parented): watch the run worker itself
+            reason = die_with_process(parent.pid)
+        if reason and context.log is not None:
+            context.log.debug(f"step process {os.getpid()} may outlive its run: {reason}")
+
     def path(self, *parts: str) -> Path:
         """An absolute path under the root; parent folders are created."""
         path = Path(self.root).resolve().joinpath(*parts)
