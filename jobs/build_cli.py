@@ -39,9 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     import dagster as dg
 
     from definitions import defs
+    from jobs.orphans import fail_orphaned_runs
 
     started = time.time()
     instance = dg.DagsterInstance.get()
+    # runs of an earlier build that was killed (kill -9, OOM) would stay STARTED forever
+    for orphan in fail_orphaned_runs(instance):
+        print(f"marked failed: {orphan.describe()}")
     result = build(defs, instance, args.select)
     print(f"build {'succeeded' if result else 'FAILED'} in {time.time() - started:.0f} s; "
           f"artifacts under {os.path.abspath(os.environ.get('AREACAL_HOME', '.areacal'))}")

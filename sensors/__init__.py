@@ -6,6 +6,8 @@
 * ``release_gate``: a new materialization of the release inputs whose run finished, and every
   blocking check upstream of ``staged_release`` passed on it -> a ``stage_release`` run.
 * ``failure_report``: any failed run -> ``<store>/reports/failure_<run id>.json``.
+* ``orphaned_runs`` (``sensors/orphaned_runs.py``): a STARTED run whose run-worker process died
+  (``kill -9``) -> reported failed (``jobs.orphans``).
 """
 import datetime as dt
 import os
@@ -25,6 +27,7 @@ from calibration_core.raw_inputs import (
 from jobs import ALL_AREAS_TAGS, build_all, stage_release
 from resources.raw_inputs import DirectoryProvider, RawInputProvider
 from resources.store import ArtifactStore
+from sensors.orphaned_runs import orphaned_runs
 
 
 def directory_manifest(folder: str | os.PathLike) -> dict:
@@ -145,4 +148,4 @@ def failure_report(context: dg.RunFailureSensorContext, store: ArtifactStore):
     context.log.info(f"failure report for run {run.run_id}: {path}")
 
 
-ALL_SENSORS = [raw_inputs_changed, release_gate_sensor, failure_report]
+ALL_SENSORS = [raw_inputs_changed, release_gate_sensor, failure_report, orphaned_runs]
