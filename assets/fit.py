@@ -42,9 +42,13 @@ class WeightFitConfig(dg.Config):
 
 
 class FitQualityConfig(dg.Config):
-    """Threshold of the blocking check on mean |relative error| of achievable in-sample targets."""
+    """Threshold of the blocking check on mean |relative error| of achievable in-sample targets.
 
-    max_mean_abs_rel_error: float = 0.10
+    Unset: the build preset's ``max_mean_abs_rel_error`` (10% for demo and full; see
+    :mod:`calibration_core.presets` for the tiny preset's and why).
+    """
+
+    max_mean_abs_rel_error: Optional[float] = None
 
 
 def _fit_asset(kind: str, context: dg.AssetExecutionContext, config: WeightFitConfig,
@@ -111,22 +115,24 @@ def _fit_asset(kind: str, context: dg.AssetExecutionContext, config: WeightFitCo
     )
 
 
-def _quality_check(kind: str, config: FitQualityConfig,
-                   store: ArtifactStore) -> dg.AssetCheckResult:
+def _quality_check(kind: str, config: FitQualityConfig, store: ArtifactStore,
+                   settings: BuildSettings) -> dg.AssetCheckResult:
     out_dir = store.path("calibration", kind)
+    threshold = (config.max_mean_abs_rel_error if config.max_mean_abs_rel_error is not None
+                 else settings.resolve().max_mean_abs_rel_error)
     try:
         summary = read_fit_outputs(out_dir)
     except FitError as exc:  # incomplete or inconsistent folder: the check fails, naming why
         return dg.AssetCheckResult(
             passed=False, severity=dg.AssetCheckSeverity.ERROR, description=str(exc),
-            metadata={"threshold": dg.MetadataValue.float(config.max_mean_abs_rel_error),
+            metadata={"threshold": dg.MetadataValue.float(threshold),
                       "weights_match_summary": False})
     mean = float(summary["mean_abs_rel_error"])
     return dg.AssetCheckResult(
-        passed=bool(mean < config.max_mean_abs_rel_error),
+        passed=bool(mean < threshold),
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={"mean_abs_rel_error": dg.MetadataValue.float(mean),
-                  "threshold": dg.MetadataValue.float(config.max_mean_abs_rel_error),
+                  "threshold": dg.MetadataValue.float(threshold),
                   "n_fit_targets": summary["n_fit_targets"],
                   "weights_match_summary": True},
     )
@@ -168,15 +174,16 @@ def national_weights(context: dg.AssetExecutionContext, config: WeightFitConfig,
 
 @dg.asset_check(asset=regional_weights, name="fit_quality", blocking=True,
                 description="Mean |relative error| of achievable in-sample targets is below the "
-                            "threshold (default 10%); a failure stops area assembly.")
-def regional_weights_fit_quality(config: FitQualityConfig,
-                                 store: ArtifactStore) -> dg.AssetCheckResult:
-    return _quality_check("regional", config, store)
+                            "preset's threshold (10%; tiny: 70%); a failure stops area assembly.")
+def regional_weights_fit_quality(config: FitQualityConfig, store: ArtifactStore,
+                                 settings: BuildSettings) -> dg.AssetCheckResult:
+    return _quality_check("regional", config, store, settings)
 
 
 @dg.asset_check(asset=national_weights, name="fit_quality", blocking=True,
                 description="Mean |relative error| of achievable in-sample targets is below the "
-                            "threshold (default 10%); a failure stops the national file.")
-def national_weights_fit_quality(config: FitQualityConfig,
-                                 store: ArtifactStore) -> dg.AssetCheckResult:
-    return _quality_check("national", config, store)
+                            "preset's threshold (10%; tiny: 70%); a failure stops the national "
+                            "file.")
+def national_weights_fit_quality(config: FitQualityConfig, store: ArtifactStore,
+                                 settings: BuildSettings) -> dg.AssetCheckResult:
+    return _quality_check("national", config, store, settings)

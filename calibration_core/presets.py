@@ -15,6 +15,9 @@ class Preset:
     regional_epochs: int
     national_epochs: int
     validation_areas: str  # "all" or "sample" (one area per kind plus a few districts)
+    # threshold of the blocking fit-quality checks: mean |relative error| of the achievable
+    # in-sample targets must be below it for the area files to be written
+    max_mean_abs_rel_error: float = 0.10
     year: int = 2024
     seed: int = 20240101
 
@@ -25,9 +28,19 @@ class Preset:
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
+# The tiny preset checks the plumbing, not the accuracy: its 1,200 clone-household columns (300
+# households x 4 clones, ~2.8 per district) face 4,216 achievable in-sample targets, 2,889 of
+# them district age and household counts, so no weights can fit them. Measured on the real
+# inputs (fresh build, 200 epochs): mean |rel err| 62.8% regional, 62.5% national; 2,000 epochs
+# give 61.2% and 16 clones 47.1%, so the limit is the size, not the optimiser. 70% still fails a
+# fit that went wrong (the initial weights score 276%) while letting the tiny build write every
+# file; demo and full keep 10%.
+TINY_MAX_MEAN_ABS_REL_ERROR = 0.70
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", base_households=300, clones=4, top_agi_percentile=99.0,
-                   regional_epochs=200, national_epochs=200, validation_areas="sample"),
+                   regional_epochs=200, national_epochs=200, validation_areas="sample",
+                   max_mean_abs_rel_error=TINY_MAX_MEAN_ABS_REL_ERROR),
     "demo": Preset("demo", base_households=3000, clones=16, top_agi_percentile=99.5,
                    regional_epochs=600, national_epochs=600, validation_areas="all"),
     "full": Preset("full", base_households=12000, clones=430, top_agi_percentile=99.5,

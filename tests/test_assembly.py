@@ -327,6 +327,7 @@ def test_area_datasets_asset_batch_and_single_partition(setup, tmp_path):
 
     import assets.areas as areas
     from calibration_core.geography import save_geography
+    from calibration_core.fit import seal_fit_outputs
     from resources.store import ArtifactStore
 
     tables, base, geo, w = setup
@@ -335,6 +336,7 @@ def test_area_datasets_asset_batch_and_single_partition(setup, tmp_path):
     save_geography(geo, root / "calibration" / "geography_assignment.npz")
     (root / "calibration" / "regional").mkdir(parents=True)
     np.save(root / "calibration" / "regional" / "weights.npy", w)
+    seal_fit_outputs(root / "calibration" / "regional")  # the summary that marks it complete
     (root / "calibration" / "package").mkdir(parents=True)
     (root / "calibration" / "package" / "metadata.json").write_text(
         json.dumps({"takeup_rerandomised": ["snap"]}))
