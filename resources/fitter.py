@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from calibration_core.fit import (TIMING_FILE, FitHyperParameters, fit_preset, f
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENTRY_MODULE = "resources.pipes_fit_entry"
+PARENT_PID_ENV = "AREACAL_PIPES_PARENT_PID"  # set for local subprocess fits only
 
 
 class WeightFitter(dg.ConfigurableResource):
@@ -111,6 +113,10 @@ class WeightFitter(dg.ConfigurableResource):
         options = dict(self.pipes_run_options)
         if "command" in inspect.signature(self.pipes_client.run).parameters:
             options.setdefault("command", command)  # subprocess, Kubernetes, Docker clients
+        if isinstance(self.pipes_client, dg.PipesSubprocessClient):
+            # a local fit process dies with this step process (a killed build leaves no fit
+            # running on): pipes_fit_entry arms the parent-death signal against this pid
+            options["env"] = {**(options.get("env") or {}), PARENT_PID_ENV: str(os.getpid())}
         # clients without a command (e.g. dagster_modal.ModalClient: func_ref=...) take theirs
         # from pipes_run_options and run resources.pipes_fit_entry.main() remotely
         self.pipes_client.run(context=context, extras=extras, **options)

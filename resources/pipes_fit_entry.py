@@ -8,12 +8,20 @@ The outputs are files under ``out``; the asset reads them after the process ends
 """
 from __future__ import annotations
 
+import os
+
 from dagster_pipes import open_dagster_pipes
 
 from calibration_core.fit import fit_preset, format_progress, package_columns, run_fit
+from calibration_core.process_lifetime import die_with_parent
+
+PARENT_PID_ENV = "AREACAL_PIPES_PARENT_PID"  # same name as resources.fitter.PARENT_PID_ENV
 
 
 def main() -> None:
+    parent = os.environ.get(PARENT_PID_ENV)
+    if parent:  # a local subprocess of the step: end with it (remote runners do not set it)
+        die_with_parent(expected_parent=int(parent))
     with open_dagster_pipes() as pipes:
         extras = pipes.extras
         hp = fit_preset(extras["preset"], n_columns=package_columns(extras["package"]),

@@ -3,7 +3,9 @@ assets in-process and through Pipes, and the blocking quality check."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -243,3 +245,21 @@ def test_lambda_l2_scales_with_package_columns(package_dir, tmp_path):
         lam = fit_preset("regional", n_columns=n).lambda_l2
         reference_term = 1e-8 * ref * (population / ref) ** 2
         assert lam * n * (population / n) ** 2 == pytest.approx(reference_term)
+
+
+def test_pipes_fit_process_ends_when_its_step_process_is_gone(tmp_path):
+    """A local Pipes fit arms the parent-death signal against the pid the step passed: when
+    that process is already gone (here: a pid that is not its parent), it exits at once,
+    before reading any Pipes context."""
+    import subprocess
+    import sys
+
+    from resources.fitter import PARENT_PID_ENV
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    env = {**os.environ, PARENT_PID_ENV: str(dead.pid)}
+    done = subprocess.run([sys.executable, "-m", "resources.pipes_fit_entry"], env=env,
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
