@@ -109,6 +109,8 @@ def base_microdata(context: dg.AssetExecutionContext, config: BaseConfig,
     start = time.perf_counter()
     import json
 
+    store.sweep_temporaries(context, "microdata")
+
     prefer = json.loads(store.path(SOURCE_JSON).read_text())["prefer"]
     source = md.load_cps_source(store.raw_dir, YEAR, prefer)
     tables, info = md.build_base_tables(source, store.raw_dir, YEAR,
@@ -145,6 +147,7 @@ def enhanced_microdata(context: dg.AssetExecutionContext,
     start = time.perf_counter()
     from calibration_core.microdata_parts import enhance
 
+    store.sweep_temporaries(context, "microdata")
     tables, year = read_dataset(store.path(BASE_H5))
     tables, notes = enhance.enhance_tables(tables, store.raw_dir, seed_key="enhanced")
     for step, note in notes.items():
@@ -169,6 +172,7 @@ def enhanced_microdata(context: dg.AssetExecutionContext,
 def stratified_microdata(context: dg.AssetExecutionContext, store: ArtifactStore,
                          settings: BuildSettings) -> dg.MaterializeResult:
     start = time.perf_counter()
+    store.sweep_temporaries(context, "microdata")
     preset = settings.resolve()
     tables, year = read_dataset(store.path(ENHANCED_H5))
     out, info = md.stratify_tables(tables, preset.base_households, preset.top_agi_percentile,

@@ -24,6 +24,8 @@ from resources.store import ArtifactStore
 def raw_public_inputs(
     context: dg.AssetExecutionContext, store: ArtifactStore, raw_inputs: RawInputProvider
 ) -> dg.MaterializeResult:
+    # a killed collect leaves its staging folder beside raw/ (".raw.staging.p<pid>.<random>")
+    store.sweep_temporaries(context, ".", "raw")
     manifest = raw_inputs.collect(store.raw_dir)
     table = pd.DataFrame(
         [{"file": name, "bytes": entry["size"], "sha256": entry["sha256"][:16],

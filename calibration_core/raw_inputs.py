@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .io_utils import atomic_path, atomic_write_json, sha256_file
+from .io_utils import atomic_path, atomic_write_json, sha256_file, temporary_prefix
 
 MANIFEST_NAME = "manifest.json"
 
@@ -251,7 +251,9 @@ def _staging(dest: Path) -> Iterator[Path]:
     """A fresh folder beside ``dest`` (same filesystem, so moving a file in is atomic), removed
     afterwards whatever happens."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    # named like io_utils' temporaries, so the sweep of stale ones removes it after a kill
+    stage = Path(tempfile.mkdtemp(prefix=temporary_prefix(f"{dest.name}.staging"),
+                                  dir=dest.parent))
     try:
         yield stage
     finally:

@@ -225,3 +225,30 @@ def test_fit_asset_sweeps_stale_temporaries_and_completes_an_incomplete_folder(
     summary = fitmod.read_fit_outputs(out)
     assert summary["n_columns"] == 1200
     assert all(e.passed for e in result.get_asset_check_evaluations())
+
+
+def test_raw_inputs_asset_sweeps_a_killed_collects_staging_folder(real_raw_dir, tmp_path):
+    """A collect killed mid-way leaves ``.raw.staging.p<pid>.<random>`` beside ``raw/``; the
+    next ``raw_public_inputs`` run removes it (and keeps visible files)."""
+    import assets.raw_inputs
+    from calibration_core.io_utils import temporary_prefix
+    from resources.raw_inputs import DirectoryProvider
+    from resources.store import ArtifactStore
+
+    root = tmp_path / "store"
+    root.mkdir()
+    stale = root / temporary_prefix("raw.staging").replace(f".p{os.getpid()}.",
+                                                            f".p{_dead_pid()}.")
+    stale = stale.with_name(stale.name + "abcd1234")
+    stale.mkdir()
+    (stale / "cps.csv.gz").write_bytes(b"partial")
+    _age(stale)
+    keep = root / "notes.txt"
+    keep.write_text("mine")
+    result = dg.materialize(
+        [assets.raw_inputs.raw_public_inputs],
+        resources={"store": ArtifactStore(root=str(root)),
+                   "raw_inputs": DirectoryProvider(path=str(real_raw_dir))})
+    assert result.success
+    assert not stale.exists() and keep.read_text() == "mine"
+    assert (root / "raw" / "manifest.json").is_file()
