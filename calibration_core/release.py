@@ -13,6 +13,13 @@ id ``{version}_{git sha[:8]}_{UTC YYYYMMDD_HHMMSS}``, the sha256 of every input 
 manifest, the targets database, the calibration package, the weights), the validation summary and
 the run configuration. ``verify_manifest`` re-hashes a folder against its manifest.
 
+A release owns its bytes: every file is copied into the version folder (a reflink where the
+filesystem can share blocks copy-on-write, else ``copy_file_range``/``sendfile``; never a hard
+link), made read-only and verified against the manifest, so nothing the build writes later can
+reach a staged or published file. Before copying, each build file is checked against the sha256
+the build recorded for it (``recorded``): a file changed after its build stops the stage, named.
+``staged.json`` is written last, only when the whole stage succeeded.
+
 Promotion is one ``rename(2)`` of a symbolic link: before it, production is the previous release;
 after it, production is the new one, complete and verified. A failure (or a kill) at any earlier
 step leaves production unchanged; at worst a temporary link is left behind, which the next
@@ -52,6 +59,9 @@ EXPECTED_COUNTS: dict[str, int] = {"states": 51, "districts": 436, "cities": 1, 
 # every file of the targets database and of the calibration folder (package, weights, ...).
 INPUT_FILES: tuple[str, ...] = ("raw/manifest.json",)
 INPUT_FOLDERS: tuple[str, ...] = ("targets", "calibration")
+# Files of those folders that record how long a step took (wall time, device), not what it
+# built: they differ between two identical builds, so they are not hashed into the release.
+UNHASHED_NAMES: frozenset[str] = frozenset({"timing.json"})
 
 RUN_ID_RE = re.compile(r"^[0-9A-Za-z.+-]+_[0-9a-f]{8}_\d{8}_\d{6}$")
 
@@ -159,7 +169,8 @@ def completeness_problems(counts: Mapping[str, int]) -> list[str]:
 
 def input_digests(store_root: str | os.PathLike) -> dict[str, dict]:
     """sha256 and size of every build input present under the store: ``raw/manifest.json``
-    and every file under ``targets/`` and ``calibration/`` (package, weights, diagnostics)."""
+    and every file under ``targets/`` and ``calibration/`` (package, weights, diagnostics),
+    except the timing records named in :data:`UNHASHED_NAMES`."""
     root = Path(store_root)
     files: dict[str, Path] = {}
     for rel in INPUT_FILES:
@@ -167,7 +178,8 @@ def input_digests(store_root: str | os.PathLike) -> dict[str, dict]:
             files[rel] = root / rel
     for folder in INPUT_FOLDERS:
         for path in _visible_files(root / folder):
-            files[path.relative_to(root).as_posix()] = path
+            if path.name not in UNHASHED_NAMES:
+                files[path.relative_to(root).as_posix()] = path
     return file_entries(files)
 
 
@@ -192,9 +204,11 @@ def content_digest(manifest: Mapping) -> str:
 
 def build_manifest(files: Mapping[str, Path], run_id: str, *, inputs: Mapping[str, dict],
                    validation: dict | None, config: Mapping, version: str,
-                   git_sha: str | None, git_dirty: bool, created_utc: str) -> dict:
-    """The release manifest (a JSON-able dict) for ``files`` (release path -> file)."""
-    entries = file_entries(files)
+                   git_sha: str | None, git_dirty: bool, created_utc: str,
+                   entries: Mapping[str, dict] | None = None) -> dict:
+    """The release manifest (a JSON-able dict) for ``files`` (release path -> file);
+    ``entries``: their sha256 and size when already computed (``file_entries``)."""
+    entries = dict(sorted(entries.items())) if entries is not None else file_entries(files)
     counts = release_counts(entries)
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -289,25 +303,77 @@ def read_manifest(folder: str | os.PathLike) -> dict:
 # Staging (local)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+_FICLONE = 0x40049409  # ioctl(dst, FICLONE, src): share the blocks copy-on-write (Linux)
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> str:
+    """Copy ``src`` to a new file ``dst`` that owns its bytes, fsync it and make it read-only;
+    return how: ``"reflink"`` (blocks shared copy-on-write: a later write to either file does
+    not reach the other), ``"copy_file_range"`` or ``"copyfile"``. Never a hard link."""
+    src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)  # artifacts are replaced by rename, never rewritten in place
-    except OSError:
-        shutil.copyfile(src, dst)
+    how = "copyfile"
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        try:
+            import fcntl
+
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+            how = "reflink"
+        except (ImportError, OSError):
+            try:
+                remaining = os.fstat(fin.fileno()).st_size
+                while remaining > 0:
+                    n = os.copy_file_range(fin.fileno(), fout.fileno(), remaining)
+                    if n == 0:
+                        break
+                    remaining -= n
+                how = "copy_file_range"
+            except (AttributeError, OSError):
+                fout.seek(0)
+                fout.truncate()
+                fin.seek(0)
+                shutil.copyfileobj(fin, fout, 1 << 20)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.chmod(dst, 0o444)
+    return how
+
+
+def recorded_problems(entries: Mapping[str, dict], recorded: Mapping[str, str | None]) -> list[str]:
+    """Build files that are not what the build wrote: for each release file (``entries``, as
+    ``file_entries`` gives), its sha256 against the one the build recorded (``recorded``:
+    release path -> sha256, None when the build recorded none). Every ``.h5`` area file must
+    have a record; other files (validation) are checked when one is given."""
+    problems = []
+    for rel, entry in sorted(entries.items()):
+        want = recorded.get(rel)
+        if want is None:
+            if rel.endswith(".h5"):
+                problems.append(f"areas/{rel}: the build recorded no sha256 for it "
+                                "(not written by area_datasets / national_dataset?)")
+        elif entry["sha256"] != want:
+            problems.append(f"areas/{rel}: sha256 {entry['sha256']}, but its build recorded "
+                            f"{want}: changed after it was built")
+    return problems
 
 
 def stage_release(store_root: str | os.PathLike, run_id: str, *, config: Mapping,
                   version: str, git_sha: str | None, git_dirty: bool = False,
                   release_root: str | os.PathLike | None = None,
                   require_complete: bool = True,
+                  recorded: Mapping[str, str | None] | None = None,
+                  write_pointer: bool = True,
                   fault: Callable[[str], None] | None = None) -> Path:
     """Assemble ``<release_root>/versions/<run_id>/`` from ``<store_root>/areas`` and verify it.
 
-    Files are hard-linked (or copied) into a hidden temporary folder, the manifest is written,
-    the folder is verified, then renamed into place: the version folder exists only complete.
-    Raises ReleaseError when the release is incomplete (``require_complete``), has no files, or
-    fails verification. Returns the version folder.
+    Every file is hashed and (``recorded``: release path -> sha256 the build recorded) checked
+    against its build's record, then copied (:func:`copy_file`: the release owns its bytes) into
+    a hidden temporary folder; the manifest is written, the copy verified against it, and the
+    folder renamed into place: the version folder exists only complete. Then, when
+    ``write_pointer``, ``staged.json`` names it (a caller with more steps to do, such as a remote
+    upload, passes False and calls :func:`write_staged_pointer` once they succeeded).
+    Raises ReleaseError when the release is incomplete (``require_complete``), has no files, a
+    file differs from its build's record, or the copy fails verification. Returns the folder.
     """
     check_run_id(run_id)
     store_root = Path(store_root).resolve()
@@ -327,19 +393,27 @@ def stage_release(store_root: str | os.PathLike, run_id: str, *, config: Mapping
     if final.exists():
         raise ReleaseError(f"{final} already exists: a run id is staged once")
     step = fault or (lambda name: None)
+    step("hash")
+    entries = file_entries(files)
+    if recorded is not None:
+        problems = recorded_problems(entries, recorded)
+        if problems:
+            raise ReleaseError(f"{len(problems)} build file(s) differ from what their build "
+                               f"recorded; nothing staged: " + "; ".join(problems[:10]))
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=versions))
     try:
         step("copy")
         for rel, src in files.items():
-            _link_or_copy(src, tmp / rel)
+            copy_file(src, tmp / rel)
         step("manifest")
         manifest = build_manifest(
             files, run_id, inputs=input_digests(store_root),
             validation=read_validation_summary(areas), config=config, version=version,
-            git_sha=git_sha, git_dirty=git_dirty,
+            git_sha=git_sha, git_dirty=git_dirty, entries=entries,
             created_utc=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
-        # the manifest describes the files as they were when hashed; re-verify the copies
         atomic_write_json(tmp / MANIFEST_NAME, manifest)
+        os.chmod(tmp / MANIFEST_NAME, 0o444)
+        # the manifest holds the build files' hashes; the copies must have exactly those bytes
         step("verify")
         problems = verify_manifest(tmp, require_complete=require_complete)
         if problems:
@@ -351,10 +425,27 @@ def stage_release(store_root: str | os.PathLike, run_id: str, *, config: Mapping
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    atomic_write_json(root / STAGED_POINTER, {
-        "run_id": run_id, "folder": str(final), "content_sha256": manifest["content_sha256"],
-        "manifest_sha256": sha256_file(final / MANIFEST_NAME)})
+    if write_pointer:
+        write_staged_pointer(root, final)
     return final
+
+
+def write_staged_pointer(release_root: str | os.PathLike, folder: str | os.PathLike,
+                         **extra) -> dict:
+    """Point ``staged.json`` at the version ``folder`` (after it verifies again); ``extra``
+    (e.g. the Dagster run that staged it, where it was published) is recorded alongside.
+    Call it only once every step of the stage succeeded: promote reads this pointer."""
+    folder = Path(folder)
+    problems = verify_manifest(folder)
+    if problems:
+        raise ReleaseError(f"{folder} does not verify; staged.json unchanged: "
+                           + "; ".join(problems[:10]))
+    manifest = read_manifest(folder)
+    pointer = {"run_id": manifest["run_id"], "folder": str(folder),
+               "content_sha256": manifest["content_sha256"],
+               "manifest_sha256": sha256_file(folder / MANIFEST_NAME), **extra}
+    atomic_write_json(Path(release_root) / STAGED_POINTER, pointer)
+    return pointer
 
 
 def copy_version(folder: str | os.PathLike, release_root: str | os.PathLike) -> Path:
@@ -376,8 +467,7 @@ def copy_version(folder: str | os.PathLike, release_root: str | os.PathLike) -> 
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=versions))
     try:
         for rel in [*read_manifest(folder)["files"], MANIFEST_NAME]:
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(folder / rel, tmp / rel)
+            copy_file(folder / rel, tmp / rel)
         problems = verify_manifest(tmp)
         if problems:
             raise ReleaseError(f"copy of {run_id} in {versions} does not verify: "

@@ -73,7 +73,7 @@ def test_verify_finds_every_kind_of_tampering(store, tmp_path):
     folder = _stage(store, release_root=tmp_path / "rel")
     ok = _cli_verify(folder)
     assert ok.returncode == 0 and ok.stdout.startswith("OK"), ok.stderr
-    # the release is a hard-linked snapshot: tamper with copies, not with the store's files
+    # staged files are read-only copies: replace them to tamper (the store's files stay as built)
     for path in folder.rglob("*.h5"):
         data = path.read_bytes()
         path.unlink()
@@ -110,7 +110,67 @@ def test_incomplete_or_empty_release_is_refused(tmp_path):
         _stage(empty)
 
 
-@pytest.mark.parametrize("step", ["copy", "manifest", "verify", "rename"])
+def _write_in_place(path: Path, data: bytes = b"CORRUPT!", offset: int = 64) -> None:
+    """What a rebuild that opens a file for update does: same inode, new bytes."""
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(data)
+
+
+def test_a_published_release_owns_its_bytes(tmp_path):
+    """An in-place write into a build file after promotion changes neither the published file
+    nor its verification: the release holds copies (reflinks at most), never hard links."""
+    store = write_fixture_store(tmp_path / "store")
+    root = tmp_path / "rel"
+    folder = _stage(store, release_root=root)
+    rel.promote_local(root, folder.name)
+    build_file = store / "areas/states/WY.h5"
+    published = root / "published" / "states/WY.h5"
+    before = published.read_bytes()
+    assert before == build_file.read_bytes()
+    for staged in folder.rglob("*"):
+        if staged.is_file():
+            source = store / "areas" / staged.relative_to(folder)
+            assert staged.stat().st_nlink == 1, staged
+            if source.exists():
+                assert not os.path.samefile(staged, source), staged
+            assert not staged.stat().st_mode & 0o222, f"{staged} is writable"
+    _write_in_place(build_file)
+    assert build_file.read_bytes() != before
+    assert published.read_bytes() == before
+    assert rel.verify_manifest(root / "published", require_complete=True) == []
+    assert _cli_verify(root / "published").returncode == 0
+
+
+def test_a_build_file_changed_after_its_build_is_not_staged(tmp_path):
+    store = write_fixture_store(tmp_path / "store")
+    recorded = {rel_path: rel.sha256_file(path)
+                for rel_path, path in rel.collect_release_files(store / "areas").items()}
+    _write_in_place(store / "areas/states/WY.h5")
+    with pytest.raises(rel.ReleaseError, match=r"areas/states/WY\.h5: sha256 .* changed after"):
+        _stage(store, recorded=recorded)
+    assert list((store / "release" / "versions").iterdir()) == []
+    assert not (store / "release" / "staged.json").exists()
+    # an area file the build has no record of is refused too; other files need no record
+    del recorded["states/WY.h5"], recorded["validation/validation.csv"]
+    with pytest.raises(rel.ReleaseError, match=r"areas/states/WY\.h5: the build recorded no"):
+        _stage(store, recorded=recorded)
+    recorded["states/WY.h5"] = rel.sha256_file(store / "areas/states/WY.h5")  # rebuilt
+    folder = _stage(store, recorded=recorded)
+    assert rel.verify_manifest(folder, require_complete=True) == []
+
+
+def test_staged_json_moves_only_when_asked(store, tmp_path):
+    """The stage job stages with write_pointer=False and writes the pointer after its upload."""
+    root = tmp_path / "rel"
+    folder = _stage(store, release_root=root, write_pointer=False)
+    assert not (root / "staged.json").exists()
+    pointer = rel.write_staged_pointer(root, folder, dagster_run_id="abc")
+    assert rel.staged_pointer(root) == pointer
+    assert pointer["run_id"] == folder.name and pointer["dagster_run_id"] == "abc"
+
+
+@pytest.mark.parametrize("step", ["hash", "copy", "manifest", "verify", "rename"])
 def test_failed_staging_leaves_nothing(store, tmp_path, step):
     def fault(name):
         if name == step:
