@@ -1,7 +1,8 @@
 """The one Definitions object: assets, checks, jobs, sensors, resources and executor.
 
 The artifact root is ``AREACAL_HOME``; raw inputs come from ``AREACAL_RAW_DIR`` when set;
-the build size by ``AREACAL_PRESET`` (``tiny`` | ``demo`` | ``full``).
+the build size by ``AREACAL_PRESET`` (``tiny`` | ``demo`` | ``full``); where steps run by
+``AREACAL_EXECUTOR`` (``multiprocess`` | ``dask`` | ``k8s``: ``jobs/executors.py``).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import assets.package
 import assets.release
 import assets.targets_db
 from jobs import ALL_JOBS
+from jobs.executors import build_executor
 from resources.fitter import WeightFitter
 from resources.publisher import HuggingFacePublisher, LocalDirectoryPublisher
 from resources.raw_inputs import DirectoryProvider, PyPICacheProvider
@@ -69,4 +71,6 @@ defs = dg.Definitions(
     jobs=ALL_JOBS,
     sensors=ALL_SENSORS,
     resources=build_resources(),
+    # AREACAL_EXECUTOR: multiprocess (default) | dask | k8s | in_process (jobs/executors.py)
+    executor=build_executor(),
 )

@@ -1,0 +1,89 @@
+"""Executor profiles: where the steps of a run execute (``AREACAL_EXECUTOR``).
+
+* ``multiprocess`` (default): one process per step on this machine, ``max_concurrent`` = the
+  machine's cores (``AREACAL_MAX_CONCURRENT`` overrides);
+* ``dask``: ``dagster-dask``'s executor. ``AREACAL_DASK_SCHEDULER=tcp://host:8786`` sends the
+  steps to an existing Dask scheduler (workers started with ``--resources GPU=1`` on GPU nodes);
+  without it each run starts a ``distributed.LocalCluster``. Configuration:
+  ``deploy/dask/executor.yaml``;
+* ``k8s``: ``dagster-k8s``'s ``k8s_job_executor``, one Kubernetes Job per step, the weight fits
+  on a GPU node (``nvidia.com/gpu: 1`` and a node selector). Configuration:
+  ``deploy/k8s/executor.yaml``;
+* ``in_process``: every step in the run's own process (``materialize()``; what
+  ``python -m jobs.build_cli`` uses unless ``AREACAL_EXECUTOR`` is set).
+
+The engines' packages are imported only when their profile is chosen (extras ``dask``, ``k8s``).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+PROFILES = ("multiprocess", "dask", "k8s", "in_process")
+DEFAULT_PROFILE = "multiprocess"
+
+
+def executor_profile() -> str:
+    name = os.environ.get("AREACAL_EXECUTOR", DEFAULT_PROFILE).strip() or DEFAULT_PROFILE
+    if name not in PROFILES:
+        raise ValueError(f"AREACAL_EXECUTOR={name!r}: expected one of {', '.join(PROFILES)}")
+    return name
+
+
+_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def expand_env(text: str) -> str:
+    """``${VAR}`` and ``${VAR:-default}`` replaced from the environment (comment lines are left
+    alone); an unset variable without a default is an error naming it."""
+    def repl(match):
+        value = os.environ.get(match["name"])
+        if value:
+            return value
+        if match["default"] is not None:
+            return match["default"]
+        raise KeyError(f"environment variable {match['name']} is not set")
+    return "".join(line if line.lstrip().startswith("#") else _VAR.sub(repl, line)
+                   for line in text.splitlines(keepends=True))
+
+
+def load_profile_config(name: str) -> dict:
+    """The executor configuration of profile ``name`` from ``deploy/<name>/executor.yaml``
+    (environment variables in it are expanded)."""
+    path = DEPLOY / name / "executor.yaml"
+    text = expand_env(path.read_text())
+    config = yaml.safe_load(text) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping of executor configuration")
+    return config
+
+
+def dask_config() -> dict:
+    address = os.environ.get("AREACAL_DASK_SCHEDULER")
+    if address:
+        return {"cluster": {"existing": {"address": address}}}
+    return load_profile_config("dask")
+
+
+def build_executor(name: str | None = None) -> dg.ExecutorDefinition:
+    name = name or executor_profile()
+    if name == "multiprocess":
+        cores = int(os.environ.get("AREACAL_MAX_CONCURRENT") or os.cpu_count() or 1)
+        return dg.multiprocess_executor.configured({"max_concurrent": cores},
+                                                   name="multiprocess")
+    if name == "in_process":
+        return dg.in_process_executor
+    if name == "dask":
+        from dagster_dask import dask_executor
+
+        return dask_executor.configured(dask_config(), name="dask")
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor.configured(load_profile_config("k8s"), name="k8s")
+    raise ValueError(name)

@@ -1,0 +1,119 @@
+"""Executor profiles (jobs/executors.py): multiprocess by default, Dask and Kubernetes by
+``AREACAL_EXECUTOR``. The Kubernetes profile cannot run here (no cluster): its configuration
+loads, validates against ``k8s_job_executor``'s schema and the project's jobs, and the Job that
+the executor would create for a weight fit requests a GPU on a GPU node."""
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import dagster as dg
+import pytest
+
+from jobs.executors import DEFAULT_PROFILE, PROFILES, build_executor, load_profile_config
+
+FIT_STEPS = ("regional_weights", "national_weights")
+
+
+def test_default_profile_is_multiprocess_with_one_step_per_core(monkeypatch):
+    monkeypatch.delenv("AREACAL_EXECUTOR", raising=False)
+    monkeypatch.delenv("AREACAL_MAX_CONCURRENT", raising=False)
+    assert DEFAULT_PROFILE == "multiprocess"
+    executor = build_executor()
+    assert executor.name == "multiprocess"
+    job = dg.Definitions(assets=[_noop], executor=executor).resolve_implicit_global_asset_job_def()
+    config = dg.validate_run_config(job, {})["execution"]
+    assert config["multiprocess"]["max_concurrent"] == (os.cpu_count() or 1)
+
+
+def test_definitions_take_the_profile_named_in_the_environment(monkeypatch):
+    monkeypatch.setenv("AREACAL_EXECUTOR", "dask")
+    assert build_executor().name == "dask"
+    monkeypatch.setenv("AREACAL_DASK_SCHEDULER", "tcp://127.0.0.1:8786")
+    job = dg.Definitions(assets=[_noop], executor=build_executor()) \
+        .resolve_implicit_global_asset_job_def()
+    assert dg.validate_run_config(job, {})["execution"] == {
+        "dask": {"cluster": {"existing": {"address": "tcp://127.0.0.1:8786"}}}}
+    monkeypatch.setenv("AREACAL_EXECUTOR", "celery")
+    with pytest.raises(ValueError, match="AREACAL_EXECUTOR='celery'"):
+        build_executor()
+    assert set(PROFILES) == {"multiprocess", "dask", "k8s", "in_process"}
+
+
+def test_dask_local_cluster_config_stays_on_the_loopback():
+    cluster = load_profile_config("dask")["cluster"]["local"]
+    assert cluster["host"] == "127.0.0.1" and cluster["threads_per_worker"] == 1
+
+
+@dg.asset
+def _noop():
+    return None
+
+
+def test_k8s_profile_validates_against_the_executor_and_the_jobs(monkeypatch):
+    pytest.importorskip("dagster_k8s")
+    from dagster._config import process_config
+    from dagster_k8s import k8s_job_executor
+
+    import definitions
+
+    monkeypatch.setenv("AREACAL_IMAGE", "registry.example/areacal:1.2.3")
+    config = load_profile_config("k8s")
+    assert config["job_image"] == "registry.example/areacal:1.2.3"
+    result = process_config(k8s_job_executor.config_schema.config_type, config)
+    assert result.success, result.errors
+    # the steps it names are ops of the graph (ops are named after their assets)
+    graph = definitions.defs.resolve_asset_graph()
+    names = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert set(config["per_step_k8s_config"]) == set(FIT_STEPS) <= names
+    # every job of the project accepts it as its executor
+    defs = dg.Definitions(assets=definitions.defs.assets,
+                          asset_checks=definitions.defs.asset_checks,
+                          jobs=definitions.defs.jobs, resources=definitions.defs.resources,
+                          executor=build_executor("k8s"))
+    for job in defs.resolve_all_job_defs():
+        execution = dg.validate_run_config(job, {})["execution"]
+        assert set(execution) == {"k8s"}, job.name
+
+
+@pytest.mark.parametrize("step", FIT_STEPS)
+def test_k8s_fit_step_requests_a_gpu_on_a_gpu_node(step, monkeypatch):
+    pytest.importorskip("dagster_k8s")
+    from dagster_k8s.container_context import K8sContainerContext
+    from dagster_k8s.job import UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+
+    config = load_profile_config("k8s")
+    for name in config["env_vars"]:  # passed through from the run's environment
+        monkeypatch.setenv(name, f"value-of-{name}")
+
+    def job_for(op_name):
+        # as K8sStepHandler does: the executor's step config, then the step's own override
+        context = K8sContainerContext(
+            namespace=config["job_namespace"], env_vars=config["env_vars"],
+            env_secrets=config["env_secrets"],
+            run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(config["step_k8s_config"]),
+        ).merge(K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(
+            config["per_step_k8s_config"].get(op_name, {}))))
+        # what the Helm chart's K8sRunLauncher holds (the step pods share the run's instance)
+        launcher = SimpleNamespace(dagster_home="/opt/dagster/dagster_home", job_image=None,
+                                   instance_config_map="dagster-instance",
+                                   postgres_password_secret="dagster-postgresql-secret")
+        job_config = context.get_k8s_job_config(config["job_image"], launcher)
+        return construct_dagster_k8s_job(
+            job_config=job_config, args=["dagster", "api", "execute_step"],
+            job_name=f"dagster-step-{op_name}", pod_name=f"dagster-step-{op_name}",
+            component="step_worker", user_defined_k8s_config=context.run_k8s_config)
+
+    pod = job_for(step).spec.template.spec
+    limits = pod.containers[0].resources.limits
+    assert str(limits["nvidia.com/gpu"]) == "1"
+    assert pod.node_selector == {"nvidia.com/gpu.present": "true"}
+    assert any(t.key == "nvidia.com/gpu" for t in pod.tolerations)
+    env = {e.name: e.value for e in pod.containers[0].env}
+    assert env.get("AREACAL_FIT_DEVICE") == "cuda"
+    assert env.get("AREACAL_HOME") == "value-of-AREACAL_HOME"
+    # any other step: CPU only, on any node
+    other = job_for("area_datasets").spec.template.spec
+    assert "nvidia.com/gpu" not in (other.containers[0].resources.limits or {})
+    assert not other.node_selector
+    assert other.containers[0].resources.requests["cpu"] == "2"
