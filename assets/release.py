@@ -4,9 +4,15 @@
 once every blocking check of the latest build passed, or by hand), ``published_release`` only in
 the manual ``promote`` job. In any other run (a ``*`` selection, a UI "materialize all") they log
 why and materialize nothing, so no build can publish before the gate (spec pitfalls 19 and 24).
+
+The gate reads check events; the stage also reads the files: each area file must still have the
+sha256 its materialization recorded, or the stage fails naming it. ``staged.json`` moves only once
+the whole stage (publisher upload included) succeeded, and ``published_release`` promotes only
+the release of the last ``stage_release`` run, only when that run succeeded.
 """
 
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +22,7 @@ import dagster as dg
 import pandas as pd
 
 from calibration_core import release as rel
+from calibration_core.areas import parse_area_key
 from resources.publisher import Publisher
 from resources.settings import BuildSettings
 from resources.store import ArtifactStore
@@ -97,6 +104,74 @@ def release_gate(instance: dg.DagsterInstance, asset_graph,
     return status
 
 
+def recorded_digests(instance: dg.DagsterInstance, areas_dir: Path) -> dict[str, Optional[str]]:
+    """Release path -> the sha256 the build recorded when it wrote that file: the ``sha256``
+    metadata of each ``area_datasets`` partition's latest materialization (``states/CA.h5``...),
+    of ``national_dataset``'s (``national/US.h5``), and the ``report_sha256`` that
+    ``validation/summary.json`` holds for ``validation/validation_results.csv``. A value is None
+    where the latest materialization recorded no sha256."""
+    out: dict[str, Optional[str]] = {}
+    key = dg.AssetKey("area_datasets")
+    ids = instance.get_latest_storage_id_by_partition(
+        key, dg.DagsterEventType.ASSET_MATERIALIZATION)
+    if ids:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, storage_ids=list(ids.values())),
+            limit=len(ids)).records
+        for record in records:
+            mat = record.asset_materialization
+            try:
+                path = parse_area_key(mat.partition).relative_path
+            except (ValueError, KeyError, TypeError):
+                continue  # a partition that is no area of this code version
+            value = mat.metadata.get("sha256")
+            out[path] = getattr(value, "value", value)
+    national = _latest_materialization(instance, dg.AssetKey("national_dataset"))
+    if national is not None:
+        value = national.asset_materialization.metadata.get("sha256")
+        out["national/US.h5"] = getattr(value, "value", value)
+    summary = rel.read_validation_summary(areas_dir) or {}
+    if summary.get("report_sha256"):
+        out["validation/validation_results.csv"] = summary["report_sha256"]
+    return out
+
+
+def stage_run_problem(instance: dg.DagsterInstance, pointer: dict) -> Optional[str]:
+    """Why the release ``staged.json`` names may not be promoted (None: it may): it must come
+    from a ``stage_release`` run of this instance that succeeded, materialized that very
+    release, and is the latest stage run (a newer failed or unfinished stage means the operator
+    staged something else, which did not complete)."""
+    run_id = pointer.get("run_id")
+    stage_run_id = pointer.get("dagster_run_id")
+    if not stage_run_id:
+        return (f"staged.json names release {run_id} but no stage_release run: it was not "
+                f"written by a successful `{STAGE_JOB}` run; stage again")
+    run = instance.get_run_by_id(stage_run_id)
+    if run is None:
+        return f"stage run {stage_run_id} of release {run_id} is not in this Dagster instance"
+    if run.status != dg.DagsterRunStatus.SUCCESS:
+        return f"stage run {stage_run_id} of release {run_id} ended {run.status.value}, not SUCCESS"
+    mats = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("staged_release")), limit=1).records
+    staged = mats[0] if mats else None
+    meta_run = None
+    if staged is not None:
+        value = staged.asset_materialization.metadata.get("run_id")
+        meta_run = getattr(value, "value", value)
+    if staged is None or staged.run_id != stage_run_id or meta_run != run_id:
+        return (f"staged.json names release {run_id} of run {stage_run_id}, but the latest "
+                f"staged_release materialization is {meta_run or '(none)'} of run "
+                f"{staged.run_id if staged else '(none)'}")
+    latest = instance.get_runs(filters=dg.RunsFilter(job_name=STAGE_JOB), limit=1)
+    if latest and latest[0].run_id != stage_run_id:
+        last = latest[0]
+        state = "is still running" if not last.is_finished else f"ended {last.status.value}"
+        return (f"the last {STAGE_JOB} run {last.run_id} {state}; staged.json still names "
+                f"{run_id} from the earlier run {stage_run_id}. Stage again and promote what "
+                "that stage produced")
+    return None
+
+
 def _asset_graph(context: dg.AssetExecutionContext):
     """The whole asset graph (with every asset check): the code location's, or in an in-process
     run, which has no repository, the graph the asset job was cut from."""
@@ -129,6 +204,34 @@ def _flatten(prefix: str, value, out: list[dict]) -> None:
 
 # --------------------------------------------------------------------------------------------
 # Assets
+
+
+def _stage_result(manifest: dict, folder: Path, location: dict, gate: GateStatus,
+                  sha: Optional[str], dirty: bool, publisher: Publisher,
+                  started: float) -> dg.MaterializeResult:
+    validation: list[dict] = []
+    _flatten("", manifest.get("validation") or {}, validation)
+    return dg.MaterializeResult(
+        metadata={
+            "run_id": manifest["run_id"],
+            "file_count": manifest["file_count"],
+            "total_bytes": manifest["total_bytes"],
+            "complete": manifest["complete"],
+            "counts": _md([{"folder": k, "files": v} for k, v in manifest["counts"].items()]),
+            "inputs": _md([{"input": k, "bytes": v["size"], "sha256": v["sha256"][:16]}
+                           for k, v in manifest["inputs"].items()]),
+            "validation": _md(validation),
+            "blocking_checks_passed": gate.checks,
+            "git_sha": sha or "(not a git checkout)",
+            "git_dirty": dirty,
+            "content_sha256": manifest["content_sha256"],
+            "manifest": dg.MetadataValue.path(str(folder / rel.MANIFEST_NAME)),
+            "staged_at": str(location["location"]),
+            "publisher": publisher.describe(),
+            "seconds": round(time.time() - started, 2),
+        },
+        data_version=dg.DataVersion(manifest["content_sha256"][:32]),
+    )
 
 
 class StageConfig(dg.Config):
@@ -166,35 +269,25 @@ def staged_release(context: dg.AssetExecutionContext, config: StageConfig, store
     run_id = rel.make_run_id(version, sha)
     preset = dataclasses.asdict(settings.resolve())
     release_root = store.folder("release")
+    recorded = recorded_digests(context.instance, Path(store.root) / "areas")
     folder = rel.stage_release(store.root, run_id, config=preset, version=version, git_sha=sha,
                                git_dirty=dirty, release_root=release_root,
-                               require_complete=not config.allow_incomplete)
-    manifest = rel.read_manifest(folder)
-    location = publisher.stage(folder, run_id, release_root)
+                               require_complete=not config.allow_incomplete,
+                               recorded=recorded, write_pointer=False)
+    try:
+        manifest = rel.read_manifest(folder)
+        location = publisher.stage(folder, run_id, release_root)
+        result = _stage_result(manifest, folder, location, gate, sha, dirty, publisher, started)
+        # the last step: only a stage that did everything else moves the pointer promote reads
+        rel.write_staged_pointer(release_root, folder, dagster_run_id=context.run.run_id,
+                                 staged_at=str(location["location"]),
+                                 publisher=publisher.describe())
+    except BaseException:
+        # staged.json did not move: remove the local copy so nothing half-staged remains
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     context.log.info(f"staged {run_id}: {manifest['file_count']} files at {location['location']}")
-    validation: list[dict] = []
-    _flatten("", manifest.get("validation") or {}, validation)
-    yield dg.MaterializeResult(
-        metadata={
-            "run_id": run_id,
-            "file_count": manifest["file_count"],
-            "total_bytes": manifest["total_bytes"],
-            "complete": manifest["complete"],
-            "counts": _md([{"folder": k, "files": v} for k, v in manifest["counts"].items()]),
-            "inputs": _md([{"input": k, "bytes": v["size"], "sha256": v["sha256"][:16]}
-                           for k, v in manifest["inputs"].items()]),
-            "validation": _md(validation),
-            "blocking_checks_passed": gate.checks,
-            "git_sha": sha or "(not a git checkout)",
-            "git_dirty": dirty,
-            "content_sha256": manifest["content_sha256"],
-            "manifest": dg.MetadataValue.path(str(folder / rel.MANIFEST_NAME)),
-            "staged_at": str(location["location"]),
-            "publisher": publisher.describe(),
-            "seconds": round(time.time() - started, 2),
-        },
-        data_version=dg.DataVersion(manifest["content_sha256"][:32]),
-    )
+    yield result
 
 
 @dg.asset(
@@ -215,11 +308,19 @@ def published_release(context: dg.AssetExecutionContext, store: ArtifactStore,
     if _skip_outside(context, PROMOTE_JOB):
         return
     release_root = store.folder("release")
-    pointer = rel.staged_pointer(release_root)
+    try:
+        pointer = rel.staged_pointer(release_root)
+    except rel.ReleaseError as exc:
+        raise dg.Failure(description=f"promote refused; production unchanged: {exc}") from None
     run_id, folder = pointer["run_id"], Path(pointer["folder"])
+    refused = stage_run_problem(context.instance, pointer)
+    if refused:
+        raise dg.Failure(description=f"promote refused; production unchanged: {refused}")
     problems = rel.verify_manifest(folder)
     if problems:
-        raise dg.Failure(description=f"staged release {run_id} does not verify; nothing promoted",
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise dg.Failure(description=f"staged release {run_id} does not verify; nothing "
+                                     f"promoted. First bad file: {problems[0]}{more}",
                          metadata={"problems": _md([{"problem": p} for p in problems[:50]])})
     previous = rel.published_run_id(release_root)
     out = publisher.promote(folder, run_id, release_root)

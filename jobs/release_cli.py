@@ -8,6 +8,7 @@ and the published run ids.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -16,7 +17,24 @@ from jobs.build_cli import ensure_dagster_home
 JOBS = {"stage": "stage_release", "promote": "promote"}
 
 
-def main(argv: list[str] | None = None) -> int:
+def failure_reason(data) -> str:
+    """A step failure's reason for a person: a ``dg.Failure``'s description, else the message of
+    the innermost error (the ReleaseError, ConnectionError... that Dagster wrapped in a
+    DagsterExecutionStepExecutionError), e.g. the first file that does not verify."""
+    user = getattr(data, "user_failure_data", None)
+    if user is not None and user.description:
+        return user.description.strip()
+    error = data.error
+    while error is not None and error.cause is not None:
+        error = error.cause
+    if error is None:
+        return "(no error recorded)"
+    # "calibration_core.release.ReleaseError: ..." -> "ReleaseError: ..."
+    return re.sub(r"^(?:[A-Za-z_][\w]*\.)+(?=[A-Za-z_]\w*: )", "", error.message.strip())
+
+
+def main(argv: list[str] | None = None, defs=None) -> int:
+    """Run the command; ``defs``: the Definitions to use (default: definitions.py's)."""
     parser = argparse.ArgumentParser(prog="python -m jobs.release_cli",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=[*JOBS, "status"])
@@ -26,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     import dagster as dg
 
     from calibration_core import release as rel
-    from definitions import defs
+
+    if defs is None:
+        from definitions import defs
 
     release_root = Path(defs.resources["store"].root).resolve() / "release"
     if args.command == "status":
@@ -44,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     if not result.success:
         for event in result.all_events:
             if event.is_step_failure:
-                print(event.step_failure_data.error.message.strip(), file=sys.stderr)
+                print(f"{event.step_key}: {failure_reason(event.step_failure_data)}",
+                      file=sys.stderr)
     print(f"{JOBS[args.command]} {'succeeded' if done else 'FAILED'} (run {result.run_id})")
     if done and args.command == "promote":
         print(f"verify: python -m calibration_core.release verify {release_root / 'published'}")

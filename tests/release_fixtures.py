@@ -9,7 +9,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from calibration_core.areas import all_areas
+from calibration_core.areas import all_areas, parse_area_key
+from calibration_core.io_utils import sha256_file
 
 
 def write_h5(path: Path, key: str, households: int = 3) -> None:
@@ -57,24 +58,38 @@ def write_fixture_store(root: Path, areas: bool = True, skip: int = 0) -> Path:
 
 def release_test_defs(store_root: Path, check: dict, publisher=None) -> dg.Definitions:
     """Stub area assets (a blocking check whose result ``check["pass"]`` sets) plus the real
-    release assets, jobs and sensors, on a store at ``store_root``."""
+    release assets, jobs and sensors, on a store at ``store_root``. Like the real ones, the
+    stubs record each file's sha256 in its materialization (``area_datasets`` partitioned by
+    area, built in one run over all 488 partitions), which staging checks the files against."""
     import dagster as dg
 
     from assets.release import published_release, staged_release
-    from jobs import promote, stage_release
+    from jobs import ALL_AREAS_TAGS, promote, stage_release
     from resources.publisher import LocalDirectoryPublisher
     from resources.raw_inputs import DirectoryProvider
     from resources.settings import BuildSettings
     from resources.store import ArtifactStore
     from sensors import ALL_SENSORS
 
-    @dg.asset(name="area_datasets", group_name="areas")
-    def area_datasets():
-        return dg.MaterializeResult(metadata={"files": 488})
+    areas_dir = Path(store_root) / "areas"
+
+    # like assets/areas.py: partitioned, one batched run, each partition's own materialization
+    # recording its file's sha256 (which staging checks the file against)
+    @dg.asset(name="area_datasets", group_name="areas",
+              partitions_def=dg.StaticPartitionsDefinition([a.key for a in all_areas()]),
+              backfill_policy=dg.BackfillPolicy.single_run())
+    def area_datasets(context):
+        keys = list(context.partition_keys)
+        yield dg.MaterializeResult(metadata={"areas": len(keys)})
+        for key in keys:
+            path = areas_dir / parse_area_key(key).relative_path
+            meta = {"sha256": sha256_file(path)} if path.is_file() else {}
+            yield dg.AssetMaterialization(asset_key=context.asset_key, partition=key,
+                                          metadata=meta)
 
     @dg.asset(name="national_dataset", group_name="areas")
     def national_dataset():
-        return dg.MaterializeResult()
+        return dg.MaterializeResult(metadata={"sha256": sha256_file(areas_dir / "national/US.h5")})
 
     @dg.asset(name="validation_report", group_name="areas", deps=[area_datasets])
     def validation_report():
@@ -88,7 +103,8 @@ def release_test_defs(store_root: Path, check: dict, publisher=None) -> dg.Defin
     def informational():
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN)
 
-    build = dg.define_asset_job("build", selection=dg.AssetSelection.groups("areas"))
+    build = dg.define_asset_job("build", selection=dg.AssetSelection.groups("areas"),
+                                tags=ALL_AREAS_TAGS)
     return dg.Definitions(
         assets=[area_datasets, national_dataset, validation_report, staged_release,
                 published_release],
