@@ -5,6 +5,10 @@ killed run leaves the previous good file (or none) and never a torn one. A kill 
 temporary sibling behind (``.CA.h5.p1234.k2j3h4g5.h5``: the final name, the writer's pid, a random
 part); :func:`sweep_stale_temporaries`, called at the start of each asset that writes into a
 folder, removes those whose writer is gone.
+
+A folder may be registered as the local mirror of a shared store (:func:`register_mirror`):
+every file or folder that an atomic write puts in place under it is then handed to the
+mirror's uploader right after the rename, before the write returns.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
@@ -122,6 +126,28 @@ def sweep_stale_temporaries(folder: str | os.PathLike, older_than: float | None 
     return removed
 
 
+# local mirror root -> uploader(path) of a shared artifact store (resources.store.RemoteMirror)
+_MIRRORS: dict[Path, Callable[[Path], object]] = {}
+
+
+def register_mirror(root: str | os.PathLike, upload: Callable[[Path], object]) -> None:
+    """Hand every atomic write completed under ``root`` to ``upload`` (a file or a folder)."""
+    _MIRRORS[Path(root).resolve()] = upload
+
+
+def unregister_mirror(root: str | os.PathLike) -> None:
+    _MIRRORS.pop(Path(root).resolve(), None)
+
+
+def _published(final: Path) -> None:
+    if not _MIRRORS:
+        return
+    final = final.resolve()
+    for root, upload in list(_MIRRORS.items()):
+        if final == root or root in final.parents:
+            upload(final)
+
+
 @contextlib.contextmanager
 def atomic_path(final_path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``final_path``; on success fsync it and rename it into place.
@@ -146,6 +172,7 @@ def atomic_path(final_path: str | os.PathLike, suffix: str | None = None) -> Ite
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    _published(final)
 
 
 @contextlib.contextmanager
@@ -182,6 +209,7 @@ def atomic_folder(final_dir: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _published(final)
 
 
 def atomic_write_bytes(final_path: str | os.PathLike, data: bytes) -> Path:
