@@ -44,7 +44,8 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Mapping
 
-from .io_utils import _fsync_dir, atomic_write_json, sha256_bytes, sha256_file
+from .io_utils import (_fsync_dir, atomic_write_json, sha256_bytes, sha256_file,
+                       sweep_stale_temporaries, temporary_prefix)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "areacal-release/1"
@@ -389,6 +390,8 @@ def stage_release(store_root: str | os.PathLike, run_id: str, *, config: Mapping
     root = Path(release_root) if release_root else store_root / "release"
     versions = root / VERSIONS_DIR
     versions.mkdir(parents=True, exist_ok=True)
+    # hidden staging folders of killed stages (their writer's pid is gone) go first
+    sweep_stale_temporaries(versions)
     final = versions / run_id
     if final.exists():
         raise ReleaseError(f"{final} already exists: a run id is staged once")
@@ -400,7 +403,7 @@ def stage_release(store_root: str | os.PathLike, run_id: str, *, config: Mapping
         if problems:
             raise ReleaseError(f"{len(problems)} build file(s) differ from what their build "
                                f"recorded; nothing staged: " + "; ".join(problems[:10]))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=versions))
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(run_id), dir=versions))
     try:
         step("copy")
         for rel, src in files.items():
@@ -464,7 +467,7 @@ def copy_version(folder: str | os.PathLike, release_root: str | os.PathLike) -> 
                 sha256_file(final / MANIFEST_NAME) == sha256_file(folder / MANIFEST_NAME)):
             return final  # already staged there, identical
         raise ReleaseError(f"{final} exists and differs from {folder}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=versions))
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(run_id), dir=versions))
     try:
         for rel in [*read_manifest(folder)["files"], MANIFEST_NAME]:
             copy_file(folder / rel, tmp / rel)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,25 @@ def test_killing_the_promotion_midway_leaves_production_unchanged(store, tmp_pat
     rel.promote_local(root, second.name)
     assert _published_state(root) == ("versions/" + second.name, [])
     assert not list(root.glob(".published.*"))
+
+
+def test_a_killed_stages_hidden_folder_is_swept_by_the_next_stage(store, tmp_path):
+    """A stage killed while copying leaves ``versions/.<run_id>.p<pid>.<random>/``; the next
+    stage removes it (its writer is gone) and keeps a live writer's folder."""
+    from calibration_core.io_utils import temporary_prefix
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    versions = tmp_path / "rel" / rel.VERSIONS_DIR
+    versions.mkdir(parents=True)
+    run_id = "0.1.0_deadbeef_20240101_000000"
+    killed = versions / (temporary_prefix(run_id).replace(f".p{os.getpid()}.",
+                                                          f".p{dead.pid}.") + "abcd1234")
+    live = versions / (temporary_prefix(run_id) + "efgh5678")
+    for folder in (killed, live):
+        folder.mkdir()
+        (folder / "partial.h5").write_bytes(b"partial")
+        past = time.time() - 3600
+        os.utime(folder, (past, past))
+    _stage(store, release_root=tmp_path / "rel")
+    assert not killed.exists() and live.exists()
