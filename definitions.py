@@ -23,7 +23,7 @@ from resources.fitter import WeightFitter
 from resources.publisher import HuggingFacePublisher, LocalDirectoryPublisher
 from resources.raw_inputs import DirectoryProvider, PyPICacheProvider
 from resources.settings import BuildSettings
-from resources.store import ArtifactStore, default_home
+from resources.store import store_from_env
 from sensors import ALL_SENSORS
 
 ASSET_MODULES = [assets.raw_inputs, assets.targets_db, assets.microdata, assets.package,
@@ -51,7 +51,7 @@ def build_resources() -> dict:
         else PyPICacheProvider(extra_directory=os.environ.get("AREACAL_EXTRA_RAW_DIR"))
     )
     return {
-        "store": ArtifactStore(root=default_home()),
+        "store": store_from_env(),  # AREACAL_HOME: a folder, or s3://... (resources/store.py)
         "raw_inputs": provider,
         "settings": BuildSettings(),
         "publisher": build_publisher(),
