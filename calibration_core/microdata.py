@@ -27,7 +27,7 @@ import pandas as pd
 from .areas import STATE_ABBR
 from .h5_dataset import ENTITIES, GROUP_ENTITIES, DatasetError, validate_tables
 from .io_utils import keyed_uniform
-from .microdata_parts import taxcalc_cps
+from .microdata_parts import rules_inputs, taxcalc_cps
 from .microdata_parts.geography import (acs_national_population, acs_state_population,
                                         assign_counties, county_shares)
 from .microdata_parts.taxcalc_cps import VARIABLE_MAP, CpsInputError
@@ -109,8 +109,11 @@ def build_base_tables(source: CpsSource, raw_dir: str | os.PathLike, year: int =
     Incomes are uprated from the source's data year with growfactors.csv; every household gets
     a county (:func:`geography.assign_counties`); with ``benchmark`` the household weights are
     scaled per state so weighted persons equal the ACS S0101 2024 state population
-    (:func:`benchmark_state_population`). Returns (tables, info) where info holds the weighted
-    population before benchmarking and the per-state factors.
+    (:func:`benchmark_state_population`); tenure, rent, ESI and disability are derived or
+    imputed (:func:`microdata_parts.rules_inputs.add_rules_inputs`, after benchmarking, so
+    imputed totals match published ones at the benchmarked weights). Returns (tables, info)
+    where info holds the weighted population before benchmarking, the per-state factors and
+    ``rules_inputs`` (each imputation's facts and the inputs not available).
     """
     from .raw_inputs import raw_path
 
@@ -140,6 +143,8 @@ def build_base_tables(source: CpsSource, raw_dir: str | os.PathLike, year: int =
         state_pop = acs_state_population(raw_path(raw_dir, "acs_S0101_state_2024.json"))
         tables, state_factor = benchmark_state_population(tables, state_pop)
         info["benchmark_factor_by_state"] = state_factor
+    # inputs the rules need that the source lacks (tenure, rent, ESI, disability): issue 20
+    tables, info["rules_inputs"] = rules_inputs.add_rules_inputs(tables, raw_dir)
     validate_tables(tables)
     return tables, info
 

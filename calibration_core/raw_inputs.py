@@ -110,6 +110,14 @@ RAW_FILES: tuple[RawFile, ...] = (
     RawFile("national_and_district_rents_2023.csv", "policyengine-us-data",
             _PED + "national_and_district_rents_2023.csv",
             "Census ACS", "median 2-bedroom rent by 118th-Congress district, ACS5 2023"),
+    RawFile("acs_housing_costs_2024.csv", "policyengine-us-data",
+            _PED + "calibration_targets/acs_housing_costs_2024.csv",
+            "Census ACS", "aggregate contract rent (B25060 x 12) and real-estate taxes, states, "
+            "1-year 2024 (rent imputation; without it rent is left out)", required=False),
+    RawFile("aca_ptc_state.csv", "policyengine-us-data",
+            _PED + "calibration_targets/aca_ptc_state.csv",
+            "IRS SOI", "premium tax credit returns and amount by state, TY2022 (in55cmcsv; "
+            "national aggregates check)", required=False),
     RawFile("cps.csv.gz", "taxcalc", "taxcalc-6.8.0/taxcalc/cps.csv.gz",
             "Census CPS ASEC via PSLmodels/taxdata", "280,005 CPS ASEC tax units, 2012-2014"),
     RawFile("cps_weights.csv.gz", "taxcalc", "taxcalc-6.8.0/taxcalc/cps_weights.csv.gz",
@@ -419,6 +427,14 @@ def validate_raw_folder(folder: str | os.PathLike) -> None:
         mgeo.acs_national_population(folder / "acs_S0101_national_2024.json")
     for _, extract in etl._registry():
         extract(folder)
+    if has("acs_housing_costs_2024.csv"):
+        from .microdata_parts.rules_inputs import read_state_rent
+
+        read_state_rent(folder / "acs_housing_costs_2024.csv")
+    if has("aca_ptc_state.csv"):
+        from .national_check import read_soi_ptc
+
+        read_soi_ptc(folder / "aca_ptc_state.csv")
     for name in ("district_mapping.csv", "national_and_district_rents_2023.csv"):
         if has(name):
             read_csv_file(folder / name, f"the {name} table of {RAW_BY_NAME[name].agency}")
