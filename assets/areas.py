@@ -30,6 +30,7 @@ from dagster._core.storage.tags import (
 
 from assets._metadata import markdown_table as _md
 from calibration_core import assembly as asm
+from calibration_core import national_check
 from calibration_core import validation as val
 from calibration_core.areas import STATE_FIPS, all_area_keys, parse_area_key
 from calibration_core.fit import load_fit_weights
@@ -52,6 +53,7 @@ AREA_FOLDERS = ("areas/states", "areas/districts", "areas/cities")
 AREAS = "areas"
 NATIONAL_FILE = ("areas", "national", "US.h5")
 REPORT_CSV = ("areas", "validation", "validation_results.csv")
+NATIONAL_AGGREGATES_CSV = ("areas", "validation", "national_aggregates.csv")
 SUMMARY_JSON = ("areas", "validation", "summary.json")
 AREAS_PER_RUN = 100  # partitions per backfill run (488 -> 5 runs)
 
@@ -335,6 +337,10 @@ def validation_report(context: dg.AssetExecutionContext, config: ValidationConfi
         max_households_per_simulation=config.max_households_per_simulation,
         states_per_simulation=config.states_per_simulation, log=context.log.info)
     summary = val.summarize(report)
+    # national aggregates against published figures (issue 20; spec §6.6)
+    aggregates = national_check.national_aggregates(national_path, store.raw_dir, YEAR)
+    with atomic_path(store.path(*NATIONAL_AGGREGATES_CSV), suffix=".csv") as tmp:
+        aggregates.to_csv(tmp, index=False, float_format="%.10g")
     csv_path = store.path(*REPORT_CSV)
     with atomic_path(csv_path, suffix=".csv") as tmp:
         report.to_csv(tmp, index=False, float_format="%.10g")
@@ -347,6 +353,8 @@ def validation_report(context: dg.AssetExecutionContext, config: ValidationConfi
         "sanity_failures": int((report["sanity_check"] == "FAIL").sum()),
         "by_level": json.loads(summary.to_json(orient="records")),
         "report_sha256": sha256_file(csv_path),
+        "national_aggregates": json.loads(aggregates.to_json(orient="records")),
+        "national_aggregates_flagged": int((aggregates["status"] == "FLAG").sum()),
     }
     atomic_write_json(store.path(*SUMMARY_JSON), summary_obj)
     worst = report.sort_values("xw_rel_diff", ascending=False).head(10)[
@@ -359,6 +367,8 @@ def validation_report(context: dg.AssetExecutionContext, config: ValidationConfi
         if len(in_sample) else 0.0,
         "sanity_failures": summary_obj["sanity_failures"],
         "worst_consistency": _md(worst),
+        "national_aggregates": dg.MetadataValue.md(national_check.to_markdown(aggregates)),
+        "national_aggregates_flagged": summary_obj["national_aggregates_flagged"],
         "path": dg.MetadataValue.path(str(csv_path)),
         "seconds": round(time.perf_counter() - t0, 1),
     })
@@ -395,6 +405,22 @@ def sanity_ceilings(store: ArtifactStore) -> dg.AssetCheckResult:
         metadata={"rows": len(report), "failures": len(bad),
                   "details": _md(bad.head(20)[["area", "target_name", "sanity_reason"]])
                   if len(bad) else "none"})
+
+
+@dg.asset_check(asset=validation_report, blocking=False,
+                description="The national file's totals (income tax, EITC, CTC, SNAP, SSI, "
+                            "Medicaid, ACA PTC, TANF, Social Security, ...) against published "
+                            "figures (CBO/Treasury/KFF via policyengine-us parameters, IRS SOI "
+                            "raw files): every ratio inside its declared tolerance. A warning, "
+                            "not a release gate.")
+def national_aggregates(store: ArtifactStore) -> dg.AssetCheckResult:
+    table = pd.read_csv(store.path(*NATIONAL_AGGREGATES_CSV))
+    flagged = table[table["status"] == "FLAG"]
+    return dg.AssetCheckResult(
+        passed=flagged.empty, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"flagged": len(flagged),
+                  "flagged_variables": ", ".join(flagged["variable"]) or "none",
+                  "table": dg.MetadataValue.md(national_check.to_markdown(table))})
 
 
 @dg.asset_check(asset=validation_report, blocking=True,

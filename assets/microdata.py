@@ -11,6 +11,7 @@ import pandas as pd
 
 from calibration_core import microdata as md
 from calibration_core.h5_dataset import read_dataset, write_dataset
+from calibration_core.microdata_parts import takeup_inputs
 from calibration_core.io_utils import atomic_write_json, sha256_file
 from calibration_core.raw_inputs import load_manifest, raw_path
 from resources.settings import BuildSettings
@@ -125,6 +126,12 @@ def base_microdata(context: dg.AssetExecutionContext, config: BaseConfig,
             100.0 * (1.0 / factor.to_numpy() - 1.0)).round(2), "factor": factor.round(4)})
         meta["wt2024_population_vs_acs_before_benchmark"] = dg.MetadataValue.md(
             before.to_markdown(index=False))
+    rules = info["rules_inputs"]
+    meta["inputs_imputed"] = ", ".join(rules["imputed"])
+    meta["rules_inputs"] = dg.MetadataValue.json(
+        {k: v for k, v in rules.items() if k not in ("imputed", "not_available")})
+    meta["inputs_not_available"] = dg.MetadataValue.md("\n".join(
+        f"- `{k}`: {v}" for k, v in rules["not_available"].items()))
     context.log.info(f"base: {meta['households']} households, {meta['persons']} persons")
     return dg.MaterializeResult(metadata=meta)
 
@@ -166,7 +173,8 @@ def enhanced_microdata(context: dg.AssetExecutionContext,
     description=(
         "The preset's N households: every household at or above the top-AGI percentile (at most "
         "N/2), the rest sampled per state with a fixed seed, sampled weights rescaled so each "
-        "state's weighted population is preserved. `microdata/stratified_2024.h5`."
+        "state's weighted population is preserved; every policyengine-us take-up input drawn "
+        "once per entity (`takeup.<input>` keys). `microdata/stratified_2024.h5`."
     ),
 )
 def stratified_microdata(context: dg.AssetExecutionContext, store: ArtifactStore,
@@ -177,11 +185,17 @@ def stratified_microdata(context: dg.AssetExecutionContext, store: ArtifactStore
     tables, year = read_dataset(store.path(ENHANCED_H5))
     out, info = md.stratify_tables(tables, preset.base_households, preset.top_agi_percentile,
                                    preset.seed)
+    # every policyengine-us take-up input, drawn once per base entity (issue 20): the state
+    # simulations and every area file read the same values
+    out, takeup = takeup_inputs.add_takeup_inputs(out)
     path = write_dataset(store.path(STRATIFIED_H5), out, year)
     meta = _dataset_metadata(store, path, out, time.perf_counter() - start)
     meta.update({"preset": preset.name, "top_households": info["n_top"],
                  "sampled_households": info["n_sampled"],
-                 "agi_threshold": info["agi_threshold"] or 0.0})
+                 "agi_threshold": info["agi_threshold"] or 0.0,
+                 "takeup_inputs": len(takeup),
+                 "takeup_weighted_share": dg.MetadataValue.md(pd.DataFrame(
+                     [{"input": k, **v} for k, v in takeup.items()]).to_markdown(index=False))})
     context.log.info(f"stratified ({preset.name}): {meta['households']} households")
     return dg.MaterializeResult(metadata=meta)
 
