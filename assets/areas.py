@@ -29,6 +29,7 @@ from dagster._core.storage.tags import (
 )
 
 from assets._metadata import markdown_table as _md
+from assets._code_version import code_version
 from calibration_core import assembly as asm
 from calibration_core import national_check
 from calibration_core import validation as val
@@ -149,7 +150,9 @@ def run_partition_keys(context) -> list[str]:
     deps=["regional_weights", "geography_assignment", "calibration_package",
           "stratified_microdata", "state_simulations"],
     kinds={"python", "h5"},
-    code_version="1",
+    code_version=code_version("assets.areas", "calibration_core.assembly", "calibration_core.fit",
+                              "calibration_core.geography", "calibration_core.h5_dataset",
+                              "calibration_core.package_io"),
     description=(
         "One PolicyEngine-US dataset per area (`areas/states/CA.h5`, `areas/districts/CA-12.h5`, "
         "`areas/cities/NYC.h5`): the area's active clone-households (regional weight > 0, clone's "
@@ -264,7 +267,9 @@ def area_files_valid(context: dg.AssetCheckExecutionContext,
     deps=["national_weights", "geography_assignment", "calibration_package",
           "stratified_microdata", "state_simulations"],
     kinds={"python", "h5"},
-    code_version="1",
+    code_version=code_version("assets.areas", "calibration_core.assembly", "calibration_core.fit",
+                              "calibration_core.geography", "calibration_core.h5_dataset",
+                              "calibration_core.package_io"),
     description=(
         "The national PolicyEngine-US dataset (`areas/national/US.h5`): every clone-household "
         "with a positive national weight (the national fit's own weights), assembled like the "
@@ -290,7 +295,8 @@ def national_dataset(context: dg.AssetExecutionContext, config: AreaConfig,
     deps=[area_datasets, national_dataset, "calibration_package", "regional_weights",
           "national_weights"],
     kinds={"python", "csv"},
-    code_version="1",
+    code_version=code_version("assets.areas", "calibration_core.validation",
+                              "calibration_core.assembly", simulates=True),
     description=(
         "For every area of the report (all 488 by default; a sample with every kind when the "
         "preset says so) and the national file, every target of its geography (in-sample and "

@@ -16,6 +16,7 @@ from typing import Optional
 import dagster as dg
 import pandas as pd
 
+from assets._code_version import code_version
 from calibration_core.fit import (DIAGNOSTICS_FILE, PLOT_FILE, WEIGHTS_FILE, FitError,
                                   read_fit_outputs)
 from calibration_core.io_utils import stable_seed
@@ -143,7 +144,7 @@ _COMMON = dict(
     deps=[PACKAGE_KEY],
     pool="gpu",
     kinds={"pytorch"},
-    code_version="1",
+    code_version=code_version("assets.fit", "calibration_core.fit", "resources.fitter"),
 )
 
 

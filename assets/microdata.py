@@ -9,6 +9,7 @@ import time
 import dagster as dg
 import pandas as pd
 
+from assets._code_version import code_version
 from calibration_core import microdata as md
 from calibration_core.h5_dataset import read_dataset, write_dataset
 from calibration_core.microdata_parts import takeup_inputs
@@ -62,7 +63,7 @@ def _dataset_metadata(store: ArtifactStore, path, tables, seconds: float) -> dic
     group_name="microdata",
     deps=["raw_public_inputs"],
     kinds={"python", "file"},
-    code_version="1",
+    code_version=code_version("assets.microdata", "calibration_core.microdata"),
     description=(
         "The CPS source, validated: Tax-Calculator's CPS file (280k real CPS ASEC tax units, "
         "2012-14) with its 2024 weights by default, or Census ASEC public-use CSVs "
@@ -97,7 +98,8 @@ def cps_source(context: dg.AssetExecutionContext, config: CpsSourceConfig,
     group_name="microdata",
     deps=[cps_source],
     kinds={"python", "h5"},
-    code_version="1",
+    code_version=code_version("assets.microdata", "calibration_core.microdata",
+                              "calibration_core.h5_dataset"),
     description=(
         "2024 PolicyEngine-US dataset of every CPS household (`microdata/base_2024.h5`, "
         "time-period-arrays layout): persons, tax units, SPM units, families, marital units, "
@@ -140,7 +142,9 @@ def base_microdata(context: dg.AssetExecutionContext, config: BaseConfig,
     group_name="microdata",
     deps=[base_microdata],
     kinds={"python", "h5"},
-    code_version="1",
+    code_version=code_version("assets.microdata", "calibration_core.microdata",
+                              "calibration_core.microdata_parts.enhance",
+                              "calibration_core.h5_dataset"),
     description=(
         "Base dataset plus (a) the PUF clone: households doubled, IRS PUF tax variables imputed "
         "onto the copy with quantile regression forests, when puf_*.csv (+ demographics_*.csv) "
@@ -169,7 +173,8 @@ def enhanced_microdata(context: dg.AssetExecutionContext,
     group_name="microdata",
     deps=[enhanced_microdata],
     kinds={"python", "h5"},
-    code_version="1",
+    code_version=code_version("assets.microdata", "calibration_core.microdata",
+                              "calibration_core.h5_dataset"),
     description=(
         "The preset's N households: every household at or above the top-AGI percentile (at most "
         "N/2), the rest sampled per state with a fixed seed, sampled weights rescaled so each "

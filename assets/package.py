@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from assets._metadata import markdown_table as _md
+from assets._code_version import code_version
 from calibration_core import geography as geo_mod
 from calibration_core import package as pkg
 from calibration_core import simulation as simu
@@ -59,7 +60,9 @@ class PackageConfig(dg.Config):
     group_name="calibration",
     deps=["stratified_microdata", "targets_db", "raw_public_inputs"],
     kinds={"python", "numpy"},
-    code_version="1",
+    code_version=code_version("assets.package", "calibration_core.simulation",
+                              "calibration_core.targets_db", "calibration_core.h5_dataset",
+                              simulates=True),
     description=(
         "Every target and constraint variable of every base household as if it lived in each "
         "of the 51 states (`calibration/state_simulations.npz`), from stacked simulations "
@@ -112,7 +115,7 @@ def state_simulations(context: dg.AssetExecutionContext, config: StateSimulation
     group_name="calibration",
     deps=[state_simulations, "targets_db", "raw_public_inputs"],
     kinds={"python", "numpy"},
-    code_version="1",
+    code_version=code_version("assets.package", "calibration_core.geography"),
     description=(
         "Clone-and-assign (`calibration/geography_assignment.npz`): for each of the preset's "
         "clones of each household a district drawn in proportion to district population "
@@ -156,7 +159,9 @@ def geography_assignment(context: dg.AssetExecutionContext, config: GeographyCon
     group_name="calibration",
     deps=[geography_assignment, state_simulations, "targets_db", "stratified_microdata"],
     kinds={"python", "scipy", "parquet"},
-    code_version="1",
+    code_version=code_version("assets.package", "calibration_core.package",
+                              "calibration_core.package_io", "calibration_core.simulation",
+                              "calibration_core.geography", "calibration_core.targets_db"),
     description=(
         "`calibration/package/`: targets selected by the target config (YAML include/exclude/"
         "holdout rules), a CSR float32 matrix of targets x clone-households built per "

@@ -3,6 +3,7 @@
 import dagster as dg
 import pandas as pd
 
+from assets._code_version import code_version
 from calibration_core.raw_inputs import manifest_fingerprint
 from resources.raw_inputs import RawInputProvider
 from resources.store import ArtifactStore
@@ -11,7 +12,8 @@ from resources.store import ArtifactStore
 @dg.asset(
     group_name="raw",
     kinds={"python", "file"},
-    code_version="1",
+    code_version=code_version("assets.raw_inputs", "calibration_core.raw_inputs",
+                              "resources.raw_inputs"),
     description=(
         "Real public inputs (Census ACS, IRS SOI, USDA FNS, CMS, Tax-Calculator's CPS file) "
         "in `raw/`, with `raw/manifest.json` giving every file's size and sha256. The default "

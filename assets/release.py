@@ -21,6 +21,7 @@ from typing import Optional
 import dagster as dg
 import pandas as pd
 
+from assets._code_version import code_version
 from calibration_core import release as rel
 from calibration_core.areas import parse_area_key
 from resources.publisher import Publisher
@@ -244,7 +245,7 @@ class StageConfig(dg.Config):
     deps=RELEASE_INPUTS,
     kinds={"python", "file"},
     tags={"areacal/stage": "release"},
-    code_version="1",
+    code_version=code_version("assets.release", "calibration_core.release"),
     output_required=False,
     description=(
         "A verified release under `release/versions/<run_id>/`: every area file, the national "
@@ -295,7 +296,7 @@ def staged_release(context: dg.AssetExecutionContext, config: StageConfig, store
     deps=[staged_release],
     kinds={"python", "file"},
     tags={"areacal/stage": "release"},
-    code_version="1",
+    code_version=code_version("assets.release", "calibration_core.release"),
     output_required=False,
     description=(
         "Production: the last staged release, verified again and promoted all-or-nothing (an "

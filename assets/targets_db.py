@@ -3,6 +3,7 @@
 import dagster as dg
 
 from assets._metadata import markdown_table as _md
+from assets._code_version import code_version
 from calibration_core import targets_db as tdb
 from resources.store import ArtifactStore
 
@@ -13,7 +14,7 @@ DB_PARTS = ("targets", "targets.db")
     group_name="targets",
     deps=["raw_public_inputs"],
     kinds={"python", "sqlite"},
-    code_version="1",
+    code_version=code_version("assets.targets_db", "calibration_core.targets_db"),
     description=(
         "`targets/targets.db`: administrative calibration targets from real public statistics "
         "(Census ACS S0101/S2201, USDA FNS SNAP, CMS Medicaid, IRS SOI) on the nation, 51 "
