@@ -34,7 +34,8 @@ def module_file(name: str, root: Path = REPO) -> Path | None:
     return None
 
 
-def _imports(path: Path, name: str, root: Path) -> set[str]:
+@lru_cache(maxsize=None)
+def _imports(path: Path, name: str, root: Path) -> frozenset[str]:
     """Project modules that ``path`` (module ``name``) imports, anywhere in its body."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
@@ -52,7 +53,7 @@ def _imports(path: Path, name: str, root: Path) -> set[str]:
             # `from pkg import module` names a module when such a file exists
             found.update(f"{base}.{alias.name}" for alias in node.names
                          if module_file(f"{base}.{alias.name}", root) is not None)
-    return {m for m in found if m.split(".")[0] in FOLLOWED and module_file(m, root)}
+    return frozenset(m for m in found if m.split(".")[0] in FOLLOWED and module_file(m, root))
 
 
 def module_closure(*names: str, root: Path = REPO) -> dict[str, Path]:
@@ -75,7 +76,8 @@ def module_closure(*names: str, root: Path = REPO) -> dict[str, Path]:
     return dict(sorted(seen.items()))
 
 
-def declared_entries(asset_module: str, root: Path = REPO) -> set[str]:
+@lru_cache(maxsize=None)
+def declared_entries(asset_module: str, root: Path = REPO) -> frozenset[str]:
     """Every module named by a ``code_version(...)`` call in ``asset_module`` (read, not run)."""
     path = module_file(asset_module, root)
     names: set[str] = set()
@@ -83,7 +85,7 @@ def declared_entries(asset_module: str, root: Path = REPO) -> set[str]:
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "code_version":
             names.update(a.value for a in node.args[1:]
                          if isinstance(a, ast.Constant) and isinstance(a.value, str))
-    return names
+    return frozenset(names)
 
 
 def unclaimed_imports(asset_module: str, root: Path = REPO) -> set[str]:
