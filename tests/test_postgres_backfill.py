@@ -151,3 +151,15 @@ def test_multi_run_backfill_on_postgres(postgres, tmp_path, monkeypatch):
             for run in runs:
                 text = "\n".join(str(e.message) for e in instance.all_logs(run.run_id))
                 assert word not in text
+
+
+def test_postgres_profile_is_the_example_with_postgres_storage():
+    """deploy/postgres/dagster.yaml = dagster.yaml.example + PostgreSQL run, event log and
+    schedule storage (the same pools, run queue, monitoring and retries)."""
+    example = yaml.safe_load((REPO / "dagster.yaml.example").read_text())
+    profile = yaml.safe_load((REPO / "deploy" / "postgres" / "dagster.yaml").read_text())
+    storage = profile.pop("storage")
+    assert profile == example
+    assert set(storage) == {"postgres"}
+    assert set(storage["postgres"]["postgres_db"]) >= {"username", "password", "hostname",
+                                                        "db_name", "port"}
