@@ -79,7 +79,12 @@ def build_executor(name: str | None = None) -> dg.ExecutorDefinition:
     if name == "in_process":
         return dg.in_process_executor
     if name == "dask":
+        import dask
         from dagster_dask import dask_executor
+
+        # a step may start its own worker processes (state simulations, validation stacks):
+        # the workers of a LocalCluster this process starts must not be daemonic
+        dask.config.set({"distributed.worker.daemon": False})
 
         return dask_executor.configured(dask_config(), name="dask")
     if name == "k8s":

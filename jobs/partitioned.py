@@ -1,9 +1,17 @@
-"""Run a selection of the graph in-process, in one run.
+"""Run a selection of the graph in one run.
 
 When the selection holds the 488-key area asset, the run covers the whole partition range (the
 area assets take ``context.partition_keys`` and build them together, loading the base data once).
+
+By default the run executes in this process (``dg.materialize``). With ``executor`` (or
+``AREACAL_EXECUTOR`` set: ``multiprocess``, ``dask``, ``k8s``) it runs the project's
+``definitions`` module, reconstructed by the chosen executor's step processes or workers
+(``dg.execute_job``), with the executor of that profile (``jobs/executors.py``).
 """
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import dagster as dg
 from dagster._core.storage.tags import (
@@ -24,10 +32,23 @@ def split_selection(defs: dg.Definitions, selection: str = "*"):
     return unpartitioned, partitioned
 
 
+REPO = Path(__file__).resolve().parents[1]
+IMPLICIT_ASSET_JOB = "__ASSET_JOB"  # the job of every asset, which Definitions builds
+
+
+def build_executor_name(executor: str | None = None) -> str:
+    """``executor``, else ``AREACAL_EXECUTOR`` when set, else ``in_process``."""
+    return executor or os.environ.get("AREACAL_EXECUTOR") or "in_process"
+
+
 def materialize_graph(defs: dg.Definitions, instance: dg.DagsterInstance,
                       selection: str = "*", partition_range: tuple[str, str] | None = None,
-                      raise_on_error: bool = False, run_config: dict | None = None) -> bool:
-    """Materialize ``selection`` (with its checks); returns True when every step and check passed."""
+                      raise_on_error: bool = False, run_config: dict | None = None,
+                      executor: str | None = None) -> bool:
+    """Materialize ``selection`` (with its checks); returns True when every step and check passed.
+
+    ``executor`` other than ``in_process`` runs ``definitions.defs`` (whose executor is the
+    ``AREACAL_EXECUTOR`` profile, so that variable must name the same one) out of process."""
     unpartitioned, partitioned = split_selection(defs, selection)
     # the checks are separate definitions: without them a build would evaluate none and the
     # release gate would find every blocking check "never evaluated"
@@ -41,8 +62,34 @@ def materialize_graph(defs: dg.Definitions, instance: dg.DagsterInstance,
         keys = graph.get(partitioned[0]).partitions_def.get_partition_keys()
         start, end = partition_range or (keys[0], keys[-1])
         tags = {ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end}
-    result = dg.materialize(assets, selection=unpartitioned + partitioned, instance=instance,
-                            resources=resources, raise_on_error=raise_on_error, tags=tags,
-                            run_config=run_config)
-    evaluations = result.get_asset_check_evaluations()
-    return result.success and all(e.passed for e in evaluations)
+    name = build_executor_name(executor)
+    if name == "in_process":
+        result = dg.materialize(assets, selection=unpartitioned + partitioned,
+                                instance=instance, resources=resources,
+                                raise_on_error=raise_on_error, tags=tags, run_config=run_config)
+        evaluations = result.get_asset_check_evaluations()
+        return result.success and all(e.passed for e in evaluations)
+    return _execute_out_of_process(name, instance, unpartitioned + partitioned, tags,
+                                   run_config, raise_on_error)
+
+
+def _execute_out_of_process(name, instance, keys, tags, run_config, raise_on_error) -> bool:
+    """One run of the implicit asset job of ``definitions.defs`` over ``keys`` (and their
+    checks), executed by the ``name`` executor profile."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    from jobs.executors import executor_profile
+
+    if executor_profile() != name:
+        raise ValueError(f"executor {name!r} needs AREACAL_EXECUTOR={name} (the step processes "
+                         "rebuild definitions.defs from the environment)")
+    if not instance.is_persistent:
+        raise ValueError(f"the {name} executor needs a persistent Dagster instance (DAGSTER_HOME)")
+    repo = ReconstructableRepository.for_module("definitions", "defs",
+                                                working_directory=str(REPO))
+    job = repo.get_reconstructable_job(IMPLICIT_ASSET_JOB)
+    with dg.execute_job(job, instance, run_config=run_config, tags=tags,
+                        raise_on_error=raise_on_error, asset_selection=list(keys)) as result:
+        evaluations = [e.event_specific_data for e in result.all_events
+                       if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+        return result.success and all(e.passed for e in evaluations)
