@@ -45,7 +45,8 @@ def materialize_graph(defs: dg.Definitions, instance: dg.DagsterInstance,
                       selection: str = "*", partition_range: tuple[str, str] | None = None,
                       raise_on_error: bool = False, run_config: dict | None = None,
                       executor: str | None = None) -> bool:
-    """Materialize ``selection`` (with its checks); returns True when every step and check passed.
+    """Materialize ``selection`` (with its checks); returns True when every step passed and
+    every check passed or only warns (severity WARN: a diagnostic, never a gate).
 
     ``executor`` other than ``in_process`` runs ``definitions.defs`` (whose executor is the
     ``AREACAL_EXECUTOR`` profile, so that variable must name the same one) out of process."""
@@ -67,8 +68,7 @@ def materialize_graph(defs: dg.Definitions, instance: dg.DagsterInstance,
         result = dg.materialize(assets, selection=unpartitioned + partitioned,
                                 instance=instance, resources=resources,
                                 raise_on_error=raise_on_error, tags=tags, run_config=run_config)
-        evaluations = result.get_asset_check_evaluations()
-        return result.success and all(e.passed for e in evaluations)
+        return result.success and _checks_hold(result.get_asset_check_evaluations())
     return _execute_out_of_process(name, instance, unpartitioned + partitioned, tags,
                                    run_config, raise_on_error)
 
@@ -92,4 +92,9 @@ def _execute_out_of_process(name, instance, keys, tags, run_config, raise_on_err
                         raise_on_error=raise_on_error, asset_selection=list(keys)) as result:
         evaluations = [e.event_specific_data for e in result.all_events
                        if e.event_type_value == "ASSET_CHECK_EVALUATION"]
-        return result.success and all(e.passed for e in evaluations)
+        return result.success and _checks_hold(evaluations)
+
+
+def _checks_hold(evaluations) -> bool:
+    """Every check passed, or failed with severity WARN."""
+    return all(e.passed or e.severity == dg.AssetCheckSeverity.WARN for e in evaluations)

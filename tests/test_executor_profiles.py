@@ -117,3 +117,29 @@ def test_k8s_fit_step_requests_a_gpu_on_a_gpu_node(step, monkeypatch):
     assert "nvidia.com/gpu" not in (other.containers[0].resources.limits or {})
     assert not other.node_selector
     assert other.containers[0].resources.requests["cpu"] == "2"
+
+
+def test_a_warning_check_does_not_fail_the_build(dagster_instance):
+    """materialize_graph (python -m jobs.build_cli): a failed check of severity WARN is a
+    diagnostic; a failed ERROR check fails the build."""
+    from jobs.partitioned import materialize_graph
+
+    outcome = {}
+
+    @dg.asset(name="thing")
+    def thing():
+        return None
+
+    @dg.asset_check(asset=thing)
+    def warns():
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN)
+
+    @dg.asset_check(asset=thing)
+    def gate():
+        return dg.AssetCheckResult(passed=outcome["gate"])
+
+    defs = dg.Definitions(assets=[thing], asset_checks=[warns, gate])
+    outcome["gate"] = True
+    assert materialize_graph(defs, dagster_instance, "*", executor="in_process")
+    outcome["gate"] = False
+    assert not materialize_graph(defs, dagster_instance, "*", executor="in_process")
