@@ -65,7 +65,7 @@ CHECKS: tuple[Check, ...] = (
     Check("aca_ptc", "soi_state", "aca_ptc_state.csv",
           "IRS SOI TY2022 premium tax credit, sum of states", 0.5, 2.0,
           column="TotalPTCAmount"),
-    Check("aca_ptc", "param", "calibration.gov.aca.spending",
+    Check("aca_ptc", "param", "calibration.gov.aca.spending.state",
           "KFF APTC by state 2024 (policyengine-us parameter, summed)", 0.5, 2.0,
           by_state=True),
     Check("snap", "param", "calibration.gov.cbo.snap",
@@ -135,8 +135,12 @@ def _param_value(parameters, check: Check) -> float:
     except AttributeError as exc:
         raise NationalCheckError(f"policyengine-us has no parameter {check.ref}") from exc
     if check.by_state:
-        return float(sum(child(PARAM_DATE) for name, child in node.children.items()
-                         if len(name) == 2 and name.isupper()))
+        states = [child for name, child in node.children.items()
+                  if len(name) == 2 and name.isupper()]
+        if not states:
+            raise NationalCheckError(f"policyengine-us parameter {check.ref} has no state "
+                                     "children to sum")
+        return float(sum(child(PARAM_DATE) for child in states))
     return float(node(PARAM_DATE))
 
 

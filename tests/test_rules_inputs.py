@@ -68,6 +68,13 @@ def test_takeup_rates_follow_their_rules():
     out, info = ti.add_takeup_inputs(tables)
     assert abs(info["takes_up_snap_if_eligible"]["weighted_share"] - 0.82) < 0.04
     assert info["takes_up_chip_if_eligible"]["weighted_share"] == 1.0
+    # reported SSI recipients always take up; the others draw at 0.5
+    tables["person"]["ssi_reported"] = np.where(np.arange(len(tables["person"])) % 7 == 0,
+                                                4000.0, 0.0)
+    out, _ = ti.add_takeup_inputs(tables)
+    ssi = out["person"]["takes_up_ssi_if_eligible"].to_numpy()
+    reported = tables["person"]["ssi_reported"].to_numpy() > 0
+    assert ssi[reported].all() and 0.45 < ssi[~reported].mean() < 0.55
 
 
 def test_every_area_file_carries_every_takeup_input_and_base_draws_are_shared():
@@ -202,6 +209,7 @@ def test_disability_from_ssdi_and_ssi():
     out, info = ri.derive_disability(tables)
     flag = out["person"]["is_disabled"].to_numpy()
     assert flag[0] and flag[1] and not flag[2] and flag.sum() == 2
+    assert np.array_equal(out["person"]["meets_ssi_disability_criteria"].to_numpy(), flag)
 
 
 def test_add_rules_inputs_names_what_is_missing(tmp_path):
@@ -277,7 +285,8 @@ def test_national_check_parameter_figures_and_bad_file(tmp_path):
     params = Node(children={"calibration": Node(children={"gov": Node(children={
         "cbo": Node(children=cbo),
         "treasury": Node(children={"tax_expenditures": Node(children={"eitc": Node(67e9)})}),
-        "aca": Node(children={"spending": Node(children={"CA": Node(2e9), "NY": Node(3e9)})}),
+        "aca": Node(children={"spending": Node(children={"state": Node(children={
+            "CA": Node(2e9), "NY": Node(3e9)})})}),
         "hhs": Node(children={"medicaid": Node(children={"totals": Node(children={
             "spending": Node(children={"CA": Node(1e9)})})})}),
     })})})
@@ -299,3 +308,14 @@ def test_national_check_without_optional_soi_file_has_no_reference(tmp_path):
     assert np.isnan(row["published"].item())
     table = nc.compare({v: 1e9 for v in nc.VARIABLES}, published)
     assert table.loc[row.index, "status"].item() == "no reference"
+
+
+@pytest.mark.slow
+def test_national_check_reads_every_policyengine_parameter(tmp_path):
+    from policyengine_us import CountryTaxBenefitSystem
+
+    published = nc.published_figures(_raw(tmp_path), CountryTaxBenefitSystem().parameters)
+    params = published[published["source"].str.contains("policyengine-us parameter")]
+    assert len(params) == 8 and (params["published"] > 1e9).all(), params.to_string()
+    snap = published.loc[published["variable"] == "snap", "published"].item()
+    assert 50e9 < snap < 150e9

@@ -18,7 +18,8 @@ tables plus a dict of facts for the dataset metadata. :func:`add_rules_inputs` r
   ``c`` solved so the weighted share of persons with ESI equals :data:`ESI_SHARE`: 53.7 %,
   employment-based coverage in 2023 (Census, Health Insurance Coverage in the United States:
   2023, P60-284, Table 1). The figure is not in the raw inputs; it is named in docs/data.md.
-* :func:`derive_disability` - person ``is_disabled``: Social Security disability benefits
+* :func:`derive_disability` - person ``is_disabled`` and ``meets_ssi_disability_criteria``:
+  Social Security disability benefits
   (``social_security_disability`` > 0, the CPS head under 62 with benefits) or SSI reported
   (``ssi_reported`` > 0) under 65.
 
@@ -217,8 +218,9 @@ def impute_esi(tables: dict[str, pd.DataFrame], share: float = ESI_SHARE
 
 
 def derive_disability(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], dict]:
-    """Person ``is_disabled``: ``social_security_disability`` > 0, or ``ssi_reported`` > 0 and
-    ``age`` < 65. Info: weighted persons flagged."""
+    """Person ``is_disabled`` and ``meets_ssi_disability_criteria`` (the input SSI's disability
+    test reads): ``social_security_disability`` > 0, or ``ssi_reported`` > 0 and ``age`` < 65.
+    Info: weighted persons flagged."""
     person = tables["person"]
     if "age" not in person.columns:
         raise RulesInputError("person table lacks 'age'")
@@ -227,6 +229,8 @@ def derive_disability(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.Dat
     out = dict(tables)
     p = person.copy()
     p["is_disabled"] = disabled
+    # SSI reads its own input (no formula in policyengine-us 2.68.0): the same flag
+    p["meets_ssi_disability_criteria"] = disabled
     out["person"] = p
     pw = _person_weight(tables, _person_hh_rows(tables))
     return out, {"disabled_persons_weighted": float((pw * disabled).sum())}
@@ -272,6 +276,6 @@ def add_rules_inputs(tables: dict[str, pd.DataFrame], raw_dir: str | os.PathLike
     info.update(facts)
     tables, facts = derive_disability(tables)
     info.update(facts)
-    info["imputed"] += ["has_esi", "is_disabled"]
+    info["imputed"] += ["has_esi", "is_disabled", "meets_ssi_disability_criteria"]
     info["not_available"] = {name: why for name, why in NOT_AVAILABLE}
     return tables, info

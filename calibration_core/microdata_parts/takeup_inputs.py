@@ -56,6 +56,7 @@ class TakeUpInput:
     rate: float | None = None
     default: bool = True
     rate_source: str = ""
+    anchor: str = ""  # column (same entity) whose reported receipt > 0 forces take-up True
 
 
 TAKEUP_INPUTS: tuple[TakeUpInput, ...] = (
@@ -64,7 +65,9 @@ TAKEUP_INPUTS: tuple[TakeUpInput, ...] = (
                 rate_source=_PUD + "medicaid.yaml (by state, 0.53-0.99)"),
     TakeUpInput("takes_up_aca_if_eligible", "tax_unit", "flat", 0.672, rate_source=_PUD + "aca.yaml"),
     TakeUpInput("takes_up_tanf_if_eligible", "spm_unit", "flat", 0.22, rate_source=_PUD + "tanf.yaml"),
-    TakeUpInput("takes_up_ssi_if_eligible", "person", "flat", 0.50, rate_source=_PUD + "ssi.yaml"),
+    TakeUpInput("takes_up_ssi_if_eligible", "person", "flat", 0.50,
+                rate_source=_PUD + "ssi.yaml; reported SSI recipients take up",
+                anchor="ssi_reported"),
     TakeUpInput("takes_up_head_start_if_eligible", "person", "flat", 0.30,
                 rate_source=_PUD + "head_start.yaml (2021-09-01)"),
     TakeUpInput("takes_up_early_head_start_if_eligible", "person", "flat", 0.09,
@@ -173,7 +176,9 @@ def add_takeup_inputs(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.Dat
     ``keyed_uniform("takeup.<input>", household_id, BASE_CLONE, rank in household) < rate``.
 
     Existing columns of the same names (e.g. reported receipt flags of the CPS file) are
-    replaced, so the values the state simulations read are the draws the files carry.
+    replaced, so the values the state simulations read are the draws the files carry. An input
+    with an ``anchor`` (SSI: ``ssi_reported``) is True for every entity reporting receipt, as
+    the reference anchors reported recipients (spec §4.7); the others draw at the rate.
     Returns (new tables, info) where info maps each input to its weighted take-up share
     (household weights) and rate source. Raises :class:`TakeUpInputError` when a column a rate
     needs is missing. Deterministic: a pure function of the ids and the tables.
@@ -190,6 +195,8 @@ def add_takeup_inputs(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.Dat
         hh_id = structure.ids["household"][hh_row]
         draw = keyed_uniform(f"takeup.{spec.input}", hh_id, BASE_CLONE, structure.rank[e])
         value = draw < takeup_rates(spec, tables, structure)
+        if spec.anchor and spec.anchor in tables[e].columns:
+            value |= tables[e][spec.anchor].to_numpy(dtype=float) > 0
         out[e][spec.input] = value
         w = hh_weight[hh_row]
         info[spec.input] = {"entity": e, "weighted_share": round(float(
