@@ -62,8 +62,10 @@ area_partitions = dg.StaticPartitionsDefinition(all_area_keys())
 
 
 class AreaConfig(dg.Config):
-    # "matrix": each household's county is the one the state simulations placed its state in
-    # (the files reproduce X.w exactly); "clone": the county drawn for the clone
+    # "matrix": every household of a state in the one county its state's copy was simulated
+    # at (state_simulations without county classes: the representative-county mode);
+    # "clone": each household in the county drawn for its clone, which the package valued it
+    # at (exact with state_simulations' county_classes)
     county: str = "matrix"
 
 

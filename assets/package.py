@@ -45,6 +45,10 @@ def _inputs(store: ArtifactStore):
 class StateSimulationsConfig(dg.Config):
     workers: int = 2  # processes running stacked chunks in parallel
     max_households_per_chunk: int = simu.DEFAULT_CHUNK_HOUSEHOLDS  # bounds memory per worker
+    # one state copy per county class (a probe finds the classes; exact X.w with every
+    # household in its own county); False: one copy per state at its most populous county
+    county_classes: bool = False
+    probe_households: int = simu.DEFAULT_PROBE_HOUSEHOLDS
 
 
 class GeographyConfig(dg.Config):
@@ -86,7 +90,8 @@ def state_simulations(context: dg.AssetExecutionContext, config: StateSimulation
     result = simu.simulate_states(
         store.path(*MICRODATA), variables, county, population,
         max_households_per_chunk=config.max_households_per_chunk, workers=config.workers,
-        log=context.log.info)
+        log=context.log.info, county_classes=config.county_classes,
+        n_probes=config.probe_households)
     simu.save_state_simulations(result, out)
     m = result.metadata
     dep = pd.DataFrame({"variable": list(result.dependence),
@@ -107,6 +112,11 @@ def state_simulations(context: dg.AssetExecutionContext, config: StateSimulation
         "unroutable_formulas": ", ".join(m["unroutable_formulas"]) or "(none)",
         "total_seconds": m["total_seconds"],
         "takeup_inputs_forced_true": ", ".join(m["takeup_inputs_forced_true"]) or "(none)",
+        # county classes: state copies simulated (51 = one per state) and classes per state
+        "state_copies": m["state_copies"],
+        "county_classes": dg.MetadataValue.json(
+            {k: v for k, v in m["county_classes"].items() if v > 1}),
+        "probe_seconds": m["probe_seconds"],
         "sha256": digest,
     }, data_version=dg.DataVersion(digest[:32]))
 

@@ -10,9 +10,12 @@ from the base record under fresh ids (spec ORIGINAL_PIPELINE §6.3):
 * cells are taken in column order, each household's entities in base dataset order, so the
   file depends only on the area's cells: an area built alone or in a batch of 488 gives the
   same tables (and :func:`calibration_core.h5_dataset.write_dataset` the same bytes);
-* ``household_weight`` = the cell's calibrated weight; ``state_fips``, ``county_fips`` and
-  ``congressional_district_geoid`` from the geography grid (``county_by_state`` replaces the
-  county by the one the state simulations used, see :func:`build_area_tables`);
+* ``household_weight`` = the cell's calibrated weight; ``state_fips``, ``county_fips``,
+  ``county`` (the policyengine-us ``County`` enum name of that FIPS) and
+  ``congressional_district_geoid`` from the geography grid: every household sits in its own
+  clone's county, which the matrix valued it at (its county class in the state simulations).
+  ``county_by_state`` (the representative-county mode, an option) replaces the county by one
+  per state, see :func:`build_area_tables`;
 * take-up inputs (``takes_up_snap_if_eligible`` ...) are redrawn with
   :func:`calibration_core.simulation.takeup_decisions`, keyed by (base household id, clone,
   entity rank within the household, the clone's state) exactly as the matrix builder does, so
@@ -37,8 +40,8 @@ from .simulation import TAKEUP, Structure, TakeUp, takeup_decisions, takeup_spec
 
 # household geography inputs written per cell; stale copies of these (and of what derives
 # from the old location) are dropped from the base household table
-GEOGRAPHY_COLUMNS = ("state_fips", "county_fips", "congressional_district_geoid")
-STALE_GEOGRAPHY = frozenset({"county", "county_str", "zip_code", "in_nyc", "state_code",
+GEOGRAPHY_COLUMNS = ("state_fips", "county_fips", "county", "congressional_district_geoid")
+STALE_GEOGRAPHY = frozenset({"county_str", "zip_code", "in_nyc", "state_code",
                              "state_name", "block_geoid", "tract_geoid", "cbsa_code", "sldu",
                              "sldl", "place_fips", "vtd", "puma", "zcta"})
 
@@ -115,8 +118,9 @@ def index_base(tables: dict[str, pd.DataFrame], year: int) -> BaseIndex:
 def area_cell_mask(geo: GeographyAssignment, area: Area | None) -> np.ndarray:
     """(n_clones, n_records) bool: the cells whose clone lies in ``area`` (None: the nation).
 
-    State: the clone's district is in the state; district: equal GEOID; city NYC: the clone's
-    county is one of NYC's five (:data:`calibration_core.areas.NYC_COUNTY_FIPS`).
+    State: the clone's district is in the state; district: equal GEOID; city: the clone's
+    county is one of the city's counties (``area.counties``, from the city catalog; NYC: its
+    five boroughs, :data:`calibration_core.areas.NYC_COUNTY_FIPS`).
     """
     if area is None:
         return np.ones(geo.district_geoid.shape, dtype=bool)
@@ -124,8 +128,11 @@ def area_cell_mask(geo: GeographyAssignment, area: Area | None) -> np.ndarray:
         return geo.district_geoid // 100 == area.state_fips
     if area.kind == "district":
         return geo.district_geoid == area.district_geoid
-    if area.kind == "city" and area.code == "NYC":
-        return np.isin(geo.county_fips.astype("U5"), np.asarray(NYC_COUNTY_FIPS, dtype="U5"))
+    if area.kind == "city":
+        counties = area.counties or (NYC_COUNTY_FIPS if area.code == "NYC" else ())
+        if not counties:
+            raise AssemblyError(f"city {area.key!r} lists no counties")
+        return np.isin(geo.county_fips.astype("U5"), np.asarray(counties, dtype="U5"))
     raise AssemblyError(f"no selection rule for area {area.key!r}")
 
 
@@ -241,6 +248,7 @@ def assemble_cells(
         table = np.array([lookup.get(i, "") for i in range(max(lookup) + 1)], dtype="U5")
         county = table[state]
     hh["county_fips"] = county.astype(object)
+    hh["county"] = county_enum_names(county).astype(object)
 
     # take-up, keyed like the matrix: (base household id, clone, rank in household, state)
     for spec in takeup:
@@ -250,6 +258,35 @@ def assemble_cells(
         out[e][spec.input] = takeup_decisions(spec, hh_id, clone[cell], s.rank[e][base_rows],
                                               state[cell])
     return {e: pd.DataFrame(out[e]) for e in ENTITIES}
+
+
+def county_enum_names(county_fips: np.ndarray) -> np.ndarray:
+    """(n,) str: the policyengine-us ``County`` enum name (``"KINGS_COUNTY_NY"``) of each
+    5-digit county FIPS (policyengine-us's own ``county_fips_2020`` table,
+    :func:`calibration_core.geography.county_name_to_fips`); ``""`` -> ``"UNKNOWN"``. Raises
+    :class:`AssemblyError` for a FIPS policyengine-us does not know."""
+    fips = np.asarray(county_fips).astype("U5")
+    keys, values = _county_enum_table()
+    pos = np.minimum(np.searchsorted(keys, fips), len(keys) - 1)
+    found = keys[pos] == fips
+    blank = fips == ""
+    if not (found | blank).all():
+        raise AssemblyError(f"county FIPS {str(fips[~(found | blank)][0])!r} is not a policyengine-us "
+                            "county")
+    return np.where(blank, "UNKNOWN", values[pos])
+
+
+_COUNTY_ENUM: list = []
+
+
+def _county_enum_table() -> tuple[np.ndarray, np.ndarray]:
+    if not _COUNTY_ENUM:
+        from .geography import county_name_to_fips
+
+        pairs = sorted((f, n) for n, f in county_name_to_fips().items())
+        _COUNTY_ENUM.append((np.array([f for f, _ in pairs], dtype="U5"),
+                             np.array([n for _, n in pairs], dtype=object).astype(str)))
+    return _COUNTY_ENUM[0]
 
 
 def takeup_for_package(rerandomised_variables: Sequence[str]) -> list[TakeUp]:

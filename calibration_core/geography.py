@@ -404,3 +404,66 @@ def summarize(geo: GeographyAssignment, population: pd.Series) -> pd.DataFrame:
                         "population_share": pop_share.to_numpy(),
                         "clone_share": share.reindex(pop_share.index).fillna(0).to_numpy()})
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# validation of the geography: county shares of the state files
+
+#: A state file whose weighted county shares are further than this (total variation distance)
+#: from the expected population shares, beyond what its sample size explains (``noise_tvd``),
+#: is flagged (the check does not block the build).
+COUNTY_TVD_THRESHOLD = 0.10
+
+
+def expected_county_shares(county_table: pd.DataFrame, population: pd.Series) -> pd.DataFrame:
+    """Columns ``state, county_fips, expected_share``: each county's share of its state's
+    population, ``sum_d pop(d) P(county | d) / pop(state)`` over the state's districts ``d``
+    (``population``: :func:`district_population`, persons)."""
+    t = county_table
+    mass = t["probability"].to_numpy(float) * t["district_geoid"].map(population).fillna(
+        0.0).to_numpy(float)
+    by = pd.DataFrame({"state": (t["district_geoid"] // 100).to_numpy(np.int64),
+                       "county_fips": t["county_fips"].astype(str).to_numpy(), "mass": mass}
+                      ).groupby(["state", "county_fips"], as_index=False)["mass"].sum()
+    by["expected_share"] = by["mass"] / by.groupby("state")["mass"].transform("sum")
+    return by.drop(columns="mass")
+
+
+def county_share_report(state_fips: int, county_fips: np.ndarray, person_weight: np.ndarray,
+                        expected: pd.DataFrame, threshold: float = COUNTY_TVD_THRESHOLD
+                        ) -> tuple[dict, pd.DataFrame]:
+    """Weighted county shares of one state file against the expected ones.
+
+    ``county_fips`` (n_households,) 5-digit strings and ``person_weight`` (n_households,) the
+    household weight times its persons (a population share); ``expected``:
+    :func:`expected_county_shares`. Returns (summary: ``state``, ``counties_expected``,
+    ``counties_in_file``, ``tvd`` = half the sum over counties of |file share - expected
+    share|, ``noise_tvd`` = the TVD expected from sampling alone, ``0.5 sum_k sqrt(2 p_k (1 -
+    p_k) / (pi n_eff))`` with ``n_eff`` = (sum w)^2 / sum w^2 the file's effective number of
+    households, ``flagged`` = tvd - noise_tvd > threshold, ``largest_gap_county``; per-county
+    table
+    ``county_fips, expected_share, file_share``). Raises :class:`GeographyError` when the file
+    holds a county outside the state's expected counties."""
+    exp = expected[expected["state"] == int(state_fips)].set_index("county_fips")["expected_share"]
+    county = np.asarray(county_fips).astype(str)
+    w = np.asarray(person_weight, dtype=float)
+    got = pd.Series(w).groupby(county).sum()
+    outside = sorted(set(got.index) - set(exp.index))
+    if outside:
+        raise GeographyError(f"state {state_fips}: file counties {outside[:5]} are not in the "
+                             "county table for that state")
+    file_share = (got / got.sum()).reindex(exp.index).fillna(0.0) if w.sum() > 0 else \
+        exp * 0.0
+    gap = (file_share - exp).abs()
+    tvd = float(0.5 * gap.sum())
+    n_eff = float(w.sum() ** 2 / (w ** 2).sum()) if (w ** 2).sum() > 0 else 0.0
+    p = exp.to_numpy(float)
+    noise = float(0.5 * np.sqrt(2 * p * (1 - p) / (np.pi * n_eff)).sum()) if n_eff else 1.0
+    table = pd.DataFrame({"county_fips": exp.index, "expected_share": exp.to_numpy(),
+                          "file_share": file_share.to_numpy()})
+    summary = {"state": STATE_ABBR[int(state_fips)], "counties_expected": int(len(exp)),
+               "counties_in_file": int(len(got)), "tvd": round(tvd, 6),
+               "noise_tvd": round(noise, 6), "effective_households": round(n_eff, 1),
+               "flagged": bool(tvd - noise > threshold),
+               "largest_gap_county": str(gap.idxmax()) if len(gap) else ""}
+    return summary, table

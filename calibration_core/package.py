@@ -188,6 +188,22 @@ class _Context:
     entity_state: dict  # entity -> (n_clones, n_entity) state FIPS
     cache: dict
     incidence: dict  # entity -> sparse (n_person, n_entity) / (n_entity, n_household)
+    # (n_clones, n_records) row of sims.by_state of each cell: its state's copy for the clone's
+    # county (its county class); None: computed from geo on first use
+    copy_rows: np.ndarray | None = None
+    county_aware: bool = True
+
+
+def _cell_copy_rows(ctx: _Context) -> np.ndarray:
+    """(n_clones, n_records) state-copy row of each cell: the clone's county's class
+    (``county_aware``), else the state's default copy (the representative county)."""
+    if ctx.copy_rows is None:
+        counties = ctx.geo.county_fips if ctx.county_aware else None
+        try:
+            ctx.copy_rows = ctx.sims.copy_index(ctx.geo.state_fips, counties)
+        except ValueError as exc:
+            raise PackageBuildError(f"geography and state simulations disagree: {exc}") from exc
+    return ctx.copy_rows
 
 
 def _entity_state(geo: GeographyAssignment, sims: StateSimulations, entity: str) -> np.ndarray:
@@ -195,7 +211,8 @@ def _entity_state(geo: GeographyAssignment, sims: StateSimulations, entity: str)
 
 
 def _variable_values(ctx: _Context, variable: str) -> np.ndarray:
-    """(n_clones, n_entity) values of ``variable`` for each clone's state, take-up applied."""
+    """(n_clones, n_entity) values of ``variable`` for each clone's state and county class,
+    take-up applied."""
     key = ("value", variable)
     if key in ctx.cache:
         return ctx.cache[key]
@@ -204,7 +221,11 @@ def _variable_values(ctx: _Context, variable: str) -> np.ndarray:
     if entity not in ctx.entity_state:
         ctx.entity_state[entity] = _entity_state(ctx.geo, sims, entity)
     states = ctx.entity_state[entity]
-    values = np.asarray(sims.values(variable, states))
+    if variable in sims.invariant:
+        values = np.asarray(sims.values_at(variable, states))
+    else:
+        rows = _cell_copy_rows(ctx)[:, sims.structure.household_index[entity]]
+        values = np.asarray(sims.values_at(variable, rows))
     if variable in sims.takeup_eligible:
         spec = next(s for s in TAKEUP if variable in s.variables)
         s = sims.structure
@@ -315,16 +336,24 @@ def order_targets(targets: pd.DataFrame, cons_of: dict) -> pd.DataFrame:
 
 
 def assemble_matrix(targets: pd.DataFrame, sims: StateSimulations, geo: GeographyAssignment,
-                    log: Callable[[str], None] = lambda m: None) -> tuple[sp.csr_matrix, dict]:
+                    log: Callable[[str], None] = lambda m: None, county_aware: bool = True
+                    ) -> tuple[sp.csr_matrix, dict]:
     """CSR float32 (n_targets, n_clones * n_records) for ordered ``targets`` (with
-    ``constraints``); returns (matrix, per-family timing figures)."""
+    ``constraints``); returns (matrix, per-family timing figures).
+
+    Each cell's values are those of its clone's state *and county* (the state copy of the
+    county's class in ``sims``); ``county_aware=False`` takes every cell at its state's
+    default copy (the representative county: files reproduce ``X . w`` only if they put every
+    household there). Raises :class:`PackageBuildError` when a clone's county is not in the
+    simulations' county classes."""
     n_rec, n_clones = geo.n_records, geo.n_clones
     if sims.structure.n_households != n_rec:
         raise PackageBuildError(f"geography has {n_rec} records, simulations "
                                 f"{sims.structure.n_households} households")
     if not np.array_equal(sims.structure.ids["household"], geo.household_id):
         raise PackageBuildError("geography and simulations list different household ids")
-    ctx = _Context(sims, geo, np.arange(n_clones)[:, None], {}, {}, {})
+    ctx = _Context(sims, geo, np.arange(n_clones)[:, None], {}, {}, {},
+                   county_aware=county_aware)
     state_col = geo.state_fips.reshape(-1)
     district_col = geo.district_geoid.reshape(-1)
     rows_all, cols_all, vals_all = [], [], []
@@ -363,7 +392,9 @@ def assemble_matrix(targets: pd.DataFrame, sims: StateSimulations, geo: Geograph
                            dtype=np.float32)
     matrix.sum_duplicates()
     matrix.eliminate_zeros()
-    return matrix, {"families": int(families.ngroups)}
+    copies = _cell_copy_rows(ctx) if sims.by_state else None
+    return matrix, {"families": int(families.ngroups),
+                    "state_copies_used": 0 if copies is None else int(len(np.unique(copies)))}
 
 
 def national_population_check(package: CalibrationPackage) -> dict:
@@ -393,6 +424,7 @@ def build_package(
     input_sha256: dict | None = None,
     year: int = 2024,
     log: Callable[[str], None] = lambda m: None,
+    county_aware: bool = True,
 ) -> CalibrationPackage:
     """Select targets by ``config``, build the matrix, initial weights and metadata.
 
@@ -405,6 +437,8 @@ def build_package(
         ``household_weight / n_clones``.
     config : target config (:func:`load_target_config`).
     input_sha256 : {input name: sha256} recorded in the metadata.
+    county_aware : each cell valued at its clone's county class (default); False: at its
+        state's representative county (:func:`assemble_matrix`).
 
     Rows with no non-zero entry are flagged ``achievable=False`` (the fit leaves them out).
     """
@@ -430,7 +464,7 @@ def build_package(
     ordered = order_targets(selected, cons_of)
     t_sel = time.time() - t0
     t1 = time.time()
-    matrix, figures = assemble_matrix(ordered, sims, geo, log)
+    matrix, figures = assemble_matrix(ordered, sims, geo, log, county_aware)
     t_asm = time.time() - t1
     nnz_row = np.diff(matrix.indptr)
     ordered["achievable"] = nnz_row > 0
@@ -458,6 +492,8 @@ def build_package(
         "assembly_seconds": round(t_asm, 3), "build_seconds": round(time.time() - t0, 3),
         "geography": geo.metadata, "state_invariant": sims.metadata.get("state_invariant", []),
         "takeup_rerandomised": list(sims.takeup_eligible),
+        "county": "clone" if county_aware else "representative",
+        "state_copies_used": figures["state_copies_used"],
     }
     package = CalibrationPackage(matrix, ordered, weights, metadata)
     check = national_population_check(package)

@@ -54,6 +54,12 @@ GEO_CONSTRAINT_VARIABLES = frozenset({"state_fips", "congressional_district_geoi
 GEO_ROOTS = frozenset({"state_fips", "county_fips", "county", "state_code", "state_code_str",
                        "state_name", "zip_code", "in_nyc", "county_str", "state_group",
                        "congressional_district_geoid"})
+# inputs that differ between counties of one state: a formula reading one of them directly is a
+# *county reader*; the values of the county readers the targets reach define the county classes
+COUNTY_ROOTS = frozenset({"county_fips", "county", "county_str", "in_nyc", "zip_code",
+                          "three_digit_zip_code", "congressional_district_geoid",
+                          "block_geoid", "tract_geoid", "cbsa_code", "place_fips", "puma",
+                          "zcta", "sldu", "sldl", "vtd"})
 ALL_STATES = "*"
 STATE_ORDER: tuple[int, ...] = tuple(sorted(fips for _, fips, _, _ in STATES))
 # Households per stacked simulation: a memory bound (about 90 kB per household: a 51-state stack
@@ -64,6 +70,9 @@ STATE_ORDER: tuple[int, ...] = tuple(sorted(fips for _, fips, _, _ in STATES))
 # 151 s against 258 s (the unrouted path still answered weighted then). 40,000 was slower at
 # 3,000 households (156-161 s against 150-153 s).
 DEFAULT_CHUNK_HOUSEHOLDS = 26_000
+# Probe households placed in every county to find the county classes (probe_county_classes):
+# 12 x 3,106 counties of the demo build ran in 44 s traced and split 19 states (72 copies)
+DEFAULT_PROBE_HOUSEHOLDS = 12
 
 
 class SimulationError(ValueError):
@@ -395,12 +404,18 @@ def representative_counties(county_table: pd.DataFrame,
 
 
 def stack_tables(tables: dict[str, pd.DataFrame], states: Sequence[int | None],
-                 counties: dict[int, str] | None, forced_true: Sequence[tuple[str, str]] = (),
+                 counties: dict[int, str] | Sequence[str] | None,
+                 forced_true: Sequence[tuple[str, str]] = (),
                  ) -> dict[str, pd.DataFrame]:
     """Replicate the households once per state: copy k gets ids ``id + k * offset`` (offset a
     power of ten above every id), ``state_fips = states[k]`` and county ``counties[state]``
-    (``None`` keeps the households where they live). ``forced_true``: (entity, input) columns
-    set to True in every copy (take-up inputs)."""
+    when ``counties`` is a mapping, ``counties[k]`` when it is a sequence aligned with
+    ``states`` (one county per copy: several copies of one state in different counties);
+    a ``None`` state keeps the households where they live. ``forced_true``: (entity, input)
+    columns set to True in every copy (take-up inputs)."""
+    per_copy = counties is not None and not isinstance(counties, dict)
+    if per_copy and len(counties) != len(states):
+        raise SimulationError(f"{len(counties)} counties for {len(states)} state copies")
     max_id = max(int(tables[e][f"{e}_id"].max()) for e in ENTITIES if len(tables[e]))
     offset = 10 ** len(str(max(max_id, 1)))
     out = {}
@@ -419,7 +434,7 @@ def stack_tables(tables: dict[str, pd.DataFrame], states: Sequence[int | None],
                     part[c] = part[c].to_numpy() + k * offset
             if e == "household" and state is not None:
                 part["state_fips"] = np.int64(state)
-                part["county_fips"] = counties[int(state)]
+                part["county_fips"] = counties[k] if per_copy else counties[int(state)]
             parts.append(part)
         out[e] = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     return out
@@ -709,11 +724,14 @@ _SIM_CACHE: dict = {}
 
 
 def simulate_chunk(tables: dict[str, pd.DataFrame], states: Sequence[int],
-                   variables: Sequence[str], counties: dict[int, str], year: int = YEAR,
+                   variables: Sequence[str], counties: dict[int, str] | Sequence[str],
+                   year: int = YEAR,
                    forced_true: Sequence[tuple[str, str]] = (), reuse_key=None,
                    trace_into: dict | None = None, route: bool = True
                    ) -> dict[str, np.ndarray]:
-    """One stacked simulation of the households copied into each of ``states``.
+    """One stacked simulation of the households copied into each of ``states`` (a state may
+    repeat, consecutively: one copy per county class), copy k at county ``counties[k]`` (or
+    ``counties[state]`` for a mapping).
 
     With ``reuse_key``, a simulation of the same shape built earlier in this process is reused:
     its copies are moved to ``states`` (``state_fips``, ``county_fips``), its branches cleared
@@ -733,6 +751,9 @@ def simulate_chunk(tables: dict[str, pd.DataFrame], states: Sequence[int],
     ``states`` order, columns in dataset order.
     """
     route = bool(route) and len(states) > 1
+    if isinstance(counties, dict):
+        counties = [counties[int(x)] for x in states]
+    counties = [str(c) for c in counties]
     key = (None if reuse_key is None
            else (reuse_key, len(states), tuple(forced_true), year, route))
     sim = _SIM_CACHE.get(key) if key is not None else None
@@ -747,8 +768,7 @@ def simulate_chunk(tables: dict[str, pd.DataFrame], states: Sequence[int],
     else:
         n = len(tables["household"])
         sim.set_input("state_fips", year, np.repeat(np.asarray(states, dtype=np.int64), n))
-        sim.set_input("county_fips", year, np.repeat(np.asarray([counties[int(x)]
-                                                                 for x in states]), n))
+        sim.set_input("county_fips", year, np.repeat(np.asarray(counties), n))
         sim.branches.clear()
         sim.drop_computed_arrays()
         if getattr(sim, "router", None) is not None:
@@ -779,17 +799,27 @@ def simulate_chunk(tables: dict[str, pd.DataFrame], states: Sequence[int],
 
 def _copies_layout(tables: dict[str, pd.DataFrame], states: Sequence[int]):
     """:class:`StateRouter` layout of :func:`stack_tables` copies: copy k holds rows
-    ``k * n_e .. (k + 1) * n_e`` of every entity; every block is built from the same ids. A
-    state twice in one stack would make its rows two blocks: nothing is routed then."""
+    ``k * n_e .. (k + 1) * n_e`` of every entity. A state's consecutive copies (its county
+    classes) form one block; blocks of m copies are built from the same ids (the first m
+    copies'), so a reused stack reuses them. A state in non-consecutive copies would make its
+    rows two blocks: nothing is routed then."""
     abbrs = [STATE_ABBR[int(s)] for s in states]
-    if len(set(abbrs)) != len(abbrs):
+    starts = [k for k in range(len(abbrs)) if k == 0 or abbrs[k] != abbrs[k - 1]]
+    runs = [abbrs[k] for k in starts]
+    if len(set(runs)) != len(runs):
         return {}, {}
+    ends = starts[1:] + [len(abbrs)]
     n = {e: len(tables[e]) for e in ENTITIES}
-    template = {e: tables[e][[c for c in tables[e].columns if c.endswith("_id")]]
-                for e in ENTITIES}
-    layout = {a: {e: slice(k * n[e], (k + 1) * n[e]) for e in ENTITIES}
-              for k, a in enumerate(abbrs)}
-    return layout, {a: template for a in abbrs}
+    ids = {e: tables[e][[c for c in tables[e].columns if c.endswith("_id")]] for e in ENTITIES}
+    templates_by_size: dict[int, dict[str, pd.DataFrame]] = {}
+    layout, templates = {}, {}
+    for a, k0, k1 in zip(runs, starts, ends):
+        m = k1 - k0
+        if m not in templates_by_size:
+            templates_by_size[m] = ids if m == 1 else stack_tables(ids, [None] * m, None)
+        layout[a] = {e: slice(k0 * n[e], k1 * n[e]) for e in ENTITIES}
+        templates[a] = templates_by_size[m]
+    return layout, templates
 
 
 def _dataset_key(path) -> tuple:
@@ -819,12 +849,14 @@ def _chunk_task(args, tables: dict[str, pd.DataFrame] | None = None):
 
 @dataclass
 class StateSimulations:
-    """Values of the needed variables for every base household in every state.
+    """Values of the needed variables for every base household in every state and county class.
 
-    ``invariant[v]`` (n_entity,) for state-invariant variables; ``by_state[v]`` (51, n_entity) for
-    the others, rows in :data:`STATE_ORDER`; ``entity[v]`` the variable's entity;
-    ``dependence[v]`` the classification (``[]`` invariant, ``["AK", ...]``, or ``["*"]``);
-    ``takeup_eligible`` lists the variables holding eligible values (take-up forced to True).
+    ``invariant[v]`` (n_entity,) for state-invariant variables; ``by_state[v]`` (n_copies,
+    n_entity) for the others, one row per state copy of ``classes`` (a state's county classes,
+    :class:`CountyClasses`; without ``classes``, the 51 rows of :data:`STATE_ORDER`);
+    ``entity[v]`` the variable's entity; ``dependence[v]`` the classification (``[]``
+    invariant, ``["AK", ...]``, or ``["*"]``); ``takeup_eligible`` lists the variables holding
+    eligible values (take-up forced to True).
     """
 
     structure: Structure
@@ -835,30 +867,45 @@ class StateSimulations:
     dependence: dict[str, list[str]]
     takeup_eligible: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    classes: CountyClasses | None = None
+
+    def __post_init__(self) -> None:
+        if self.classes is None:  # one row per state, no county known
+            self.classes = CountyClasses(np.asarray(STATE_ORDER, dtype=np.int64),
+                                         np.full(len(STATE_ORDER), "", dtype="U5"),
+                                         np.zeros(0, dtype="U5"), np.zeros(0, dtype=np.int64))
+
+    def copy_index(self, state_fips, county_fips=None) -> np.ndarray:
+        """Row of ``by_state`` for each (state, county): :meth:`CountyClasses.copy_index`."""
+        return self.classes.copy_index(state_fips, county_fips)
+
+    def values_at(self, variable: str, copy_rows: np.ndarray) -> np.ndarray:
+        """Values of ``variable`` at the state copies ``copy_rows`` (shape ``(..., n_entity)``
+        or broadcastable, from :meth:`copy_index` per entity); returns that shape."""
+        if variable in self.invariant:
+            base = self.invariant[variable]
+            return np.broadcast_to(base, np.broadcast_shapes(np.shape(copy_rows), base.shape))
+        if variable not in self.by_state:
+            raise SimulationError(f"variable {variable!r} was not simulated")
+        table = self.by_state[variable]
+        rows = np.asarray(copy_rows)
+        cols = np.arange(table.shape[1])
+        return table[rows, np.broadcast_to(cols, rows.shape)]
 
     @property
     def variables(self) -> list[str]:
         return sorted(set(self.invariant) | set(self.by_state))
 
-    def values(self, variable: str, state_fips: np.ndarray, entity_rows: np.ndarray | None = None
+    def values(self, variable: str, state_fips: np.ndarray, county_fips: np.ndarray | None = None
                ) -> np.ndarray:
-        """Values of ``variable`` for entities placed in ``state_fips``.
+        """Values of ``variable`` for entities placed in ``state_fips`` (and ``county_fips``,
+        5-digit strings; None: each state's default county class).
 
         ``state_fips`` has shape ``(..., n_entity)`` (or broadcasts to it); returns that shape.
         """
         if variable in self.invariant:
-            base = self.invariant[variable]
-            return np.broadcast_to(base, np.broadcast_shapes(np.shape(state_fips), base.shape))
-        if variable not in self.by_state:
-            raise SimulationError(f"variable {variable!r} was not simulated")
-        table = self.by_state[variable]
-        pos = np.full(max(STATE_ORDER) + 1, -1)
-        pos[list(STATE_ORDER)] = np.arange(len(STATE_ORDER))
-        rows = pos[np.asarray(state_fips)]
-        if (rows < 0).any():
-            raise SimulationError("state FIPS outside the 51 states")
-        cols = np.arange(table.shape[1])
-        return table[rows, np.broadcast_to(cols, rows.shape)]
+            return self.values_at(variable, np.asarray(state_fips))
+        return self.values_at(variable, self.copy_index(state_fips, county_fips))
 
     def household_total(self, variable: str) -> np.ndarray:
         """(n_households,) float: ``variable`` summed over each household's entities, every
@@ -873,7 +920,8 @@ class StateSimulations:
 #: Figures of a run that are not a function of its inputs (wall times): reported by the asset,
 #: kept in ``StateSimulations.metadata`` in memory, never written into the file.
 TIMING_METADATA_KEYS = ("chunk_seconds", "traced_chunk_seconds", "stacked_seconds",
-                        "start_seconds", "total_seconds")
+                        "start_seconds", "total_seconds", "probe_seconds",
+                        "probe_start_seconds")
 
 
 def save_state_simulations(result: StateSimulations, path: str | os.PathLike) -> Path:
@@ -892,10 +940,15 @@ def save_state_simulations(result: StateSimulations, path: str | os.PathLike) ->
         arrays[f"pidx__{e}"] = s.person_index[e]
         arrays[f"rank__{e}"] = s.rank[e]
     arrays["home_state"] = np.asarray(result.home_state, dtype=np.int64)
+    c = result.classes
+    arrays["copy_state"] = np.asarray(c.copy_state, dtype=np.int64)
+    arrays["copy_county"] = np.asarray(c.copy_county).astype("U5")
+    arrays["class_county_fips"] = np.asarray(c.county_fips).astype("U5")
+    arrays["class_county_copy"] = np.asarray(c.county_copy, dtype=np.int64)
     saved = {k: v for k, v in result.metadata.items() if k not in TIMING_METADATA_KEYS}
     meta = {"entity": result.entity, "dependence": result.dependence,
             "takeup_eligible": result.takeup_eligible, "metadata": saved,
-            "state_order": list(STATE_ORDER)}
+            "state_order": list(STATE_ORDER), "county_readers": list(c.readers)}
     arrays["meta_json"] = np.frombuffer(json.dumps(meta, sort_keys=True, default=str).encode(),
                                         dtype=np.uint8)
     with atomic_path(path, suffix=".npz") as tmp:
@@ -918,10 +971,334 @@ def load_state_simulations(path: str | os.PathLike) -> StateSimulations:
             {e: z[f"ids__{e}"] for e in ENTITIES}, {e: z[f"hidx__{e}"] for e in ENTITIES},
             {e: z[f"pidx__{e}"] for e in ENTITIES}, {e: z[f"rank__{e}"] for e in ENTITIES})
         home_state = z["home_state"]
+        classes = None
+        if "copy_state" in z.files:
+            classes = CountyClasses(z["copy_state"], z["copy_county"], z["class_county_fips"],
+                                    z["class_county_copy"], meta.get("county_readers", []))
     if tuple(meta.get("state_order", ())) != STATE_ORDER:
         raise SimulationError(f"{path}: unexpected state order")
-    return StateSimulations(structure, home_state, meta["entity"], inv, st, meta["dependence"],
-                            meta.get("takeup_eligible", []), meta.get("metadata", {}))
+    result = StateSimulations(structure, home_state, meta["entity"], inv, st,
+                              meta["dependence"], meta.get("takeup_eligible", []),
+                              meta.get("metadata", {}), classes)
+    n_rows = {a.shape[0] for a in st.values()}
+    if n_rows and n_rows != {result.classes.n_copies}:
+        raise SimulationError(f"{path}: {sorted(n_rows)} state rows, {result.classes.n_copies} "
+                              "state copies")
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# county classes
+
+
+@dataclass
+class CountyClasses:
+    """The state copies the state simulations run: one per county class of each state.
+
+    Counties of a state that agree on the value of every *county reader* the targets reach (a
+    formula reading ``county_fips``, ``county``, ``in_nyc`` ... directly, :data:`COUNTY_ROOTS`:
+    SNAP's ABAWD waiver areas and utility regions, New York City's taxes, Maryland's county
+    rates ...) get the same value of every target variable, so one simulation of the class, at
+    its most populous county, serves all of them.
+
+    ``copy_state`` (n_copies,) int64 state FIPS, ascending, a state's classes consecutive (its
+    most populous county's class first: the state's *default* copy, used where no county is
+    given); ``copy_county`` (n_copies,) U5 the county each copy is simulated at (``""``: no
+    county known for the state); ``county_fips`` (n_counties,) U5 ascending and
+    ``county_copy`` (n_counties,) int64 the copy of each county; ``readers`` the county readers
+    whose values defined the classes (empty: one class per state, counties not simulated).
+    """
+
+    copy_state: np.ndarray
+    copy_county: np.ndarray
+    county_fips: np.ndarray
+    county_copy: np.ndarray
+    readers: list[str] = field(default_factory=list)
+
+    @property
+    def n_copies(self) -> int:
+        return len(self.copy_state)
+
+    def state_default(self) -> np.ndarray:
+        """(max state FIPS + 1,) int64: each state's default copy (-1: not a state)."""
+        table = np.full(max(STATE_ORDER) + 1, -1, dtype=np.int64)
+        first = np.r_[True, self.copy_state[1:] != self.copy_state[:-1]]
+        table[self.copy_state[first]] = np.flatnonzero(first)
+        return table
+
+    def per_state(self) -> dict[str, int]:
+        """State abbr -> number of classes (copies)."""
+        states, counts = np.unique(self.copy_state, return_counts=True)
+        return {STATE_ABBR[int(s)]: int(n) for s, n in zip(states, counts)}
+
+    def copy_index(self, state_fips, county_fips=None) -> np.ndarray:
+        """Copy row of each (state, county) pair; arrays of any (equal, broadcastable) shape.
+
+        ``county_fips`` None, or classes that know no county (one copy per state, simulations
+        from before county classes): the state's default copy. Raises
+        :class:`SimulationError` for a state outside the 51, a county not in the classes, or a
+        county of another state.
+        """
+        state = np.asarray(state_fips, dtype=np.int64)
+        if county_fips is None or len(self.county_fips) == 0:
+            default = self.state_default()
+            if state.size and (state.min() < 0 or state.max() >= len(default)):
+                raise SimulationError("state FIPS outside the 51 states")
+            rows = default[state]
+            if (rows < 0).any():
+                raise SimulationError("state FIPS outside the 51 states")
+            return rows
+        county = np.asarray(county_fips).astype("U5")
+        pos = np.searchsorted(self.county_fips, county)
+        pos = np.minimum(pos, max(len(self.county_fips) - 1, 0))
+        found = (self.county_fips[pos] == county) if len(self.county_fips) else \
+            np.zeros(county.shape, dtype=bool)
+        if not found.all():
+            bad = str(county[~found].ravel()[0])
+            raise SimulationError(f"county {bad!r} is not in the state simulations' county "
+                                  "classes (county table of the build)")
+        rows = self.county_copy[pos]
+        wrong = self.copy_state[rows] != state
+        if wrong.any():
+            i = np.flatnonzero(wrong.ravel())[0]
+            raise SimulationError(f"county {str(county.ravel()[i])!r} is not in state "
+                                  f"{np.broadcast_to(state, county.shape).ravel()[i]}")
+        return rows
+
+
+def county_weights(county_table: pd.DataFrame, population: pd.Series | None = None
+                   ) -> pd.DataFrame:
+    """Columns ``state, county_fips, weight`` (ascending FIPS): each county's population
+    (``sum_d pop(d) * P(county | d)``; without ``population`` the probabilities' sum)."""
+    t = county_table
+    w = t["probability"].to_numpy(dtype=float)
+    if population is not None:
+        w = w * t["district_geoid"].map(population).fillna(0.0).to_numpy(dtype=float)
+    by = pd.DataFrame({"county_fips": t["county_fips"].astype(str).to_numpy(), "w": w}
+                      ).groupby("county_fips", as_index=False)["w"].sum()
+    by["state"] = by["county_fips"].str[:2].astype(np.int64)
+    return by.rename(columns={"w": "weight"})[["state", "county_fips", "weight"]]
+
+
+def classes_from_signatures(county_fips, state_fips, signature, weight,
+                            readers: Sequence[str] = ()) -> CountyClasses:
+    """Group counties into classes: equal state and equal ``signature`` row.
+
+    ``county_fips`` (n,) U5; ``state_fips`` (n,) int; ``signature`` (n, k) int codes (the
+    county readers' values, factorised); ``weight`` (n,) county populations (a class's
+    representative county is its most populous, ties to the lower FIPS; a state's classes are
+    ordered by the population of their representative, the largest first). Every one of the 51
+    states gets at least one copy (county ``""`` where none of its counties is given).
+    """
+    county = np.asarray(county_fips).astype("U5")
+    state = np.asarray(state_fips, dtype=np.int64)
+    weight = np.asarray(weight, dtype=float)
+    sig = np.asarray(signature, dtype=np.int64).reshape(len(county), -1)
+    _, sig_id = np.unique(sig, axis=0, return_inverse=True) if sig.shape[1] else \
+        (None, np.zeros(len(county), dtype=np.int64))
+    sig_id = np.asarray(sig_id).reshape(-1)
+    # one key per (state, signature); representative = heaviest county, ties lower FIPS
+    key = state * (int(sig_id.max(initial=0)) + 1) + sig_id
+    order = np.lexsort((county, -weight, key))
+    first = np.r_[True, key[order][1:] != key[order][:-1]]
+    rep_rows = order[first]  # one per class, grouped by key
+    rep_state, rep_county, rep_w = state[rep_rows], county[rep_rows], weight[rep_rows]
+    # the state's classes: by representative weight (largest first), then FIPS
+    class_order = np.lexsort((rep_county, -rep_w, rep_state))
+    copy_of_class = np.empty(len(rep_rows), dtype=np.int64)
+    copy_of_class[class_order] = np.arange(len(rep_rows))
+    class_of_county = np.cumsum(first) - 1  # in `order`
+    county_copy = np.empty(len(county), dtype=np.int64)
+    county_copy[order] = copy_of_class[class_of_county]
+    copy_state = rep_state[class_order]
+    copy_county = rep_county[class_order]
+    missing = sorted(set(STATE_ORDER) - set(copy_state.tolist()))
+    if missing:  # states without counties: one copy each, no county
+        copy_state = np.r_[copy_state, missing].astype(np.int64)
+        copy_county = np.r_[copy_county, [""] * len(missing)].astype("U5")
+        resort = np.argsort(copy_state, kind="stable")
+        inverse = np.empty_like(resort)
+        inverse[resort] = np.arange(len(resort))
+        copy_state, copy_county = copy_state[resort], copy_county[resort]
+        county_copy = inverse[county_copy]
+    by_fips = np.argsort(county, kind="stable")
+    return CountyClasses(copy_state, copy_county, county[by_fips], county_copy[by_fips],
+                         sorted(readers))
+
+
+def single_county_classes(county_table: pd.DataFrame, population: pd.Series | None = None
+                          ) -> CountyClasses:
+    """One class per state, simulated at its most populous county (the representative-county
+    mode: files reproduce ``X . w`` only when every household sits in that county)."""
+    cw = county_weights(county_table, population)
+    return classes_from_signatures(cw["county_fips"].to_numpy(), cw["state"].to_numpy(),
+                                   np.zeros((len(cw), 0), dtype=np.int64),
+                                   cw["weight"].to_numpy())
+
+
+def _subset_households(tables: dict[str, pd.DataFrame], rows: np.ndarray
+                       ) -> dict[str, pd.DataFrame]:
+    """The households at ``rows`` of the household table with their persons and entities."""
+    hh = tables["household"].iloc[np.sort(rows)].reset_index(drop=True)
+    person = tables["person"]
+    keep = person["person_household_id"].isin(hh["household_id"]).to_numpy()
+    person = person.loc[keep].reset_index(drop=True)
+    out = {"person": person, "household": hh}
+    for e in ENTITIES:
+        if e in out:
+            continue
+        ids = tables[e][f"{e}_id"]
+        out[e] = tables[e].loc[ids.isin(person[f"person_{e}_id"]).to_numpy()].reset_index(
+            drop=True)
+    return out
+
+
+def probe_rows(tables: dict[str, pd.DataFrame], n_probes: int) -> np.ndarray:
+    """Household rows of the probe (deterministic): two thirds of ``n_probes`` among the
+    lowest-income fifth of the households (where county rules - SNAP waivers and utility
+    regions, state supplements - bite), the rest over all; each group spread evenly over
+    household size (persons), ties by dataset order. Income: the sum of the person table's
+    ``*_income`` columns."""
+    person = tables["person"]
+    hh_ids = tables["household"]["household_id"].to_numpy()
+    row = pd.Index(hh_ids).get_indexer(person["person_household_id"].to_numpy())
+    cols = [c for c in person.columns if c.endswith("_income")
+            and pd.api.types.is_numeric_dtype(person[c])]
+    income = np.bincount(row, weights=person[cols].to_numpy(float).sum(axis=1) if cols
+                         else np.zeros(len(person)), minlength=len(hh_ids))
+    size = np.bincount(row, minlength=len(hh_ids))
+    n_probes = max(1, int(n_probes))
+    low = np.flatnonzero(income <= np.quantile(income, 0.2)) if len(income) else row[:0]
+
+    def spread(rows: np.ndarray, k: int) -> np.ndarray:
+        if k <= 0 or len(rows) == 0:
+            return rows[:0]
+        order = rows[np.lexsort((rows, -size[rows]))]
+        return order[np.unique(np.linspace(0, len(order) - 1, k).round().astype(int))]
+
+    k_low = -(-2 * n_probes // 3)
+    picked = spread(low, k_low)
+    rest = np.setdiff1d(np.arange(len(hh_ids)), picked)
+    return np.sort(np.r_[picked, spread(rest, n_probes - len(picked))]).astype(np.int64)
+
+
+def probe_county_classes(tables: dict[str, pd.DataFrame], variables: Sequence[str],
+                         county_table: pd.DataFrame, population: pd.Series | None = None,
+                         year: int = YEAR, forced_true: Sequence[tuple[str, str]] = (),
+                         n_probes: int = DEFAULT_PROBE_HOUSEHOLDS, signature: str = "values"
+                         ) -> tuple[CountyClasses, dict]:
+    """County classes from a *probe* simulation (policyengine-us).
+
+    ``n_probes`` households (:func:`probe_rows`: mostly low-income ones, where county rules
+    bite) are placed in every county of ``county_table`` (one stacked copy per county, about
+    3,100; each state's rules routed to its rows) and ``variables`` computed. Each county's
+    *signature* is, with ``signature="values"`` (default), the values of ``variables`` for the
+    probe households there: counties of a state with equal signatures form a class
+    (:func:`classes_from_signatures`). With ``signature="readers"`` the probe runs traced and
+    the signature is the values, in every month of ``year``, of the *county readers* the
+    traced graph reaches from ``variables`` (formulas requesting a :data:`COUNTY_ROOTS` input):
+    exact for any household but far finer - on the demo build 58 readers (fair market rents,
+    area median incomes, sales-tax tables, child-care regions ...) split the 3,106 counties
+    into 2,788 classes, against 72 copies from the values of 12 probes.
+
+    Returns (classes, figures: ``probe_households``, ``probe_copies``, ``probe_seconds``;
+    traced: ``readers`` and ``unexplored_reached`` - formulas the probe did not run).
+    """
+    cw = county_weights(county_table, population)
+    codes, figures = probe_signatures(tables, variables, cw, year, forced_true, n_probes,
+                                      signature)
+    classes = classes_from_signatures(cw["county_fips"].to_numpy(), cw["state"].to_numpy(),
+                                      codes, cw["weight"].to_numpy(), figures.get("readers", []))
+    return classes, figures
+
+
+def probe_signatures(tables: dict[str, pd.DataFrame], variables: Sequence[str],
+                     counties: pd.DataFrame, year: int = YEAR,
+                     forced_true: Sequence[tuple[str, str]] = (),
+                     n_probes: int = DEFAULT_PROBE_HOUSEHOLDS, signature: str = "values"
+                     ) -> tuple[np.ndarray, dict]:
+    """The probe of :func:`probe_county_classes` for the counties of ``counties``
+    (:func:`county_weights` rows, a state's counties together): (codes ``(n_counties, k)``
+    int64 - factorised values, comparable between counties of one state -, figures)."""
+    if signature not in ("values", "readers"):
+        raise SimulationError(f"signature must be 'values' or 'readers', got {signature!r}")
+    t0 = time.time()
+    county = counties["county_fips"].to_numpy().astype("U5")
+    states = counties["state"].to_numpy().astype(np.int64)
+    sub = _subset_households(tables, probe_rows(tables, n_probes))
+    stacked = stack_tables(sub, states.tolist(), county.tolist(), forced_true)
+    sim = _microsimulation(stacked, year, kind="stacked")
+    sim.router = StateRouter(sim, *_copies_layout(sub, states.tolist()), year)
+    traced = signature == "readers"
+    if traced:
+        sim.trace = True
+        sim.tracer = _edge_tracer()
+    n_copies = len(county)
+    codes, figures = [], {}
+
+    def add(values) -> None:
+        values = _as_plain(values)
+        if values.dtype.kind == "f":
+            values = np.round(values, 2)
+        _, code = np.unique(values, return_inverse=True)
+        codes.append(np.asarray(code, dtype=np.int64).reshape(n_copies, -1))
+
+    try:
+        for v in variables:
+            values = sim.calculate(v, year, use_weights=False)
+            if not traced:
+                add(values)
+        if traced:
+            edges, unexplored = _trace_graph(sim)
+            reached, stack = set(), list(variables)
+            while stack:
+                v = stack.pop()
+                if v in reached:
+                    continue
+                reached.add(v)
+                stack.extend(k for k in edges.get(v, ()) if k not in GEO_ROOTS)
+            readers = sorted(v for v in reached if v not in GEO_ROOTS
+                             and set(edges.get(v, ())) & COUNTY_ROOTS)
+            tbs = sim.tax_benefit_system
+            for v in readers:
+                month = str(tbs.variables[v].definition_period) == "month"
+                for period in ([f"{year}-{m:02d}" for m in range(1, 13)] if month else [year]):
+                    add(sim.calculate(v, period, use_weights=False))
+            figures.update(readers=readers,
+                           unexplored_reached=sorted(set(unexplored) & reached))
+    finally:
+        sim.trace = False
+    out = (np.concatenate(codes, axis=1) if codes else np.zeros((n_copies, 0), dtype=np.int64))
+    figures.update(probe_households=int(len(sub["household"])), probe_copies=int(n_copies),
+                   probe_seconds=round(time.time() - t0, 2))
+    return out, figures
+
+
+def probe_parts(cw: pd.DataFrame, parts: int) -> list[pd.DataFrame]:
+    """Split :func:`county_weights` rows into ``parts`` groups of whole states, balanced by
+    county count (consecutive states), for parallel probes."""
+    per_state = cw.groupby("state").size()
+    cum = np.cumsum(per_state.to_numpy())
+    cut = np.searchsorted(cum, cum[-1] * np.arange(1, parts) / parts)
+    group = np.searchsorted(cut, np.arange(len(per_state)), side="right")
+    state_group = dict(zip(per_state.index.tolist(), group.tolist()))
+    g = cw["state"].map(state_group).to_numpy()
+    return [cw[g == k].reset_index(drop=True) for k in range(parts) if (g == k).any()]
+
+
+def _probe_task(args):
+    """:func:`probe_signatures` in a worker (reads the dataset); start-up seconds in figures."""
+    from .h5_dataset import read_dataset
+
+    path, variables, counties, year, forced, n_probes, signature = args
+    tables, _ = read_dataset(path)
+    t0 = time.time()
+    _simulation_classes()
+    start = time.time() - t0
+    codes, figures = probe_signatures(tables, variables, counties, year, forced, n_probes,
+                                      signature)
+    figures["probe_start_seconds"] = round(start, 2)
+    return codes, figures
 
 
 # --------------------------------------------------------------------------------------------
@@ -955,15 +1332,19 @@ def simulate_states(
     year: int = YEAR,
     log: Callable[[str], None] = lambda msg: None,
     route: bool = True,
+    county_classes: bool = True,
+    n_probes: int = DEFAULT_PROBE_HOUSEHOLDS,
+    probe_signature: str = "values",
 ) -> StateSimulations:
-    """Simulate ``variables`` for every household of ``dataset_path`` in every state of ``states``.
+    """Simulate ``variables`` for every household of ``dataset_path`` in every state of ``states``
+    and, with ``county_classes``, in every county class of each state.
 
     Parameters
     ----------
     dataset_path : time-period-arrays H5 of the base households (``stratified_microdata``).
     variables : policyengine-us variable names (:func:`needed_variables`).
-    county_table : ``geography.load_county_table`` output; gives each state copy its most
-        populous county.
+    county_table : ``geography.load_county_table`` output: the counties of each state (a
+        class is simulated at its most populous county, weighted by ``population``).
     states : state FIPS to simulate (default all 51; the result always has 51 rows, states not
         simulated are filled from the first simulated state - only for tests).
     max_households_per_chunk : households per stacked simulation (memory ~90 kB each; see
@@ -971,6 +1352,14 @@ def simulate_states(
     workers : processes running chunks in parallel (1: in this process).
     route : run each state's own rules on its rows only (:class:`StateRouter`); False runs
         them on every stacked row, as policyengine-core does (for comparisons).
+    county_classes : first run the probe (:func:`probe_county_classes`: ``n_probes``
+        households in every county) and simulate one state copy per county class, so that
+        every county-dependent value is exact for every county; False: one copy per state at
+        its most populous county (:func:`single_county_classes`; the representative-county
+        mode).
+    n_probes, probe_signature : the probe's households and signature
+        (:func:`probe_county_classes`); with several workers each probes a part of the
+        counties (:func:`probe_parts`: whole states).
 
     The first chunk runs traced: its dependency graph decides which variables cannot depend on
     the state (a formula it did not run, such as another state's rules, counts as
@@ -992,24 +1381,65 @@ def simulate_states(
     variables = sorted(set(variables))
     specs = takeup_specs_for(variables)
     forced = [(s.entity, s.input) for s in specs]
-    counties = representative_counties(county_table, population)
-    chunks = plan_chunks(structure.n_households, list(states), max_households_per_chunk,
-                         workers)
-    tasks = [(str(dataset_path), c, variables, counties, year, forced, i == 0, route)
-             for i, c in enumerate(chunks)]
+    single = single_county_classes(county_table, population)
+    several = county_table.groupby(county_table["district_geoid"] // 100)[
+        "county_fips"].nunique()
+    probe = bool(county_classes) and bool((several > 1).any())
     pool = None
-    if workers > 1 and len(chunks) > 1:
+    if workers > 1:
         from .process_lifetime import worker_pool
 
         # spawn workers that die with this process (a SIGKILLed build must not leave them
         # finishing their chunks and idling at ~1.8 GB each)
-        pool = worker_pool(min(workers, len(chunks)))
+        pool = worker_pool(workers)
     try:
+        probe_figures: dict = {}
+        if probe:
+            t_probe = time.time()
+            cw = county_weights(county_table, population)
+            parts = probe_parts(cw, workers if pool is not None else 1)
+            args = [(str(dataset_path), variables, part, year, forced, n_probes,
+                     probe_signature) for part in parts]
+            if pool is None:
+                _simulation_classes()
+                done = [probe_signatures(tables, *a[1:]) for a in args]
+            else:  # one part of the counties per worker
+                done = list(pool.map(_probe_task, args))
+            width = {c.shape[1] for c, _ in done}
+            if len(width) != 1:
+                raise SimulationError(f"probe parts gave signatures of widths {sorted(width)}")
+            codes = np.concatenate([c for c, _ in done], axis=0)
+            merged = pd.concat(parts, ignore_index=True)
+            readers = sorted({r for _, f in done for r in f.get("readers", [])})
+            classes = classes_from_signatures(merged["county_fips"].to_numpy(),
+                                              merged["state"].to_numpy(), codes,
+                                              merged["weight"].to_numpy(), readers)
+            probe_figures = {
+                "probe_households": done[0][1]["probe_households"],
+                "probe_copies": int(sum(f["probe_copies"] for _, f in done)),
+                "probe_parts": len(done), "signature": probe_signature,
+                "readers": readers,
+                "probe_seconds": round(time.time() - t_probe, 2),
+                "probe_start_seconds": round(max(f.get("probe_start_seconds", 0.0)
+                                                 for _, f in done), 2)}
+            split = {k: v for k, v in classes.per_state().items() if v > 1}
+            log(f"county classes from a probe of {probe_figures['probe_households']} households"
+                f" x {probe_figures['probe_copies']} counties in {len(done)} part(s) "
+                f"({probe_figures['probe_seconds']} s): {classes.n_copies} state copies for 51 "
+                f"states; classes where more than one: {split}")
+        else:
+            classes = single
+        wanted = set(int(x) for x in states)
+        copies = [k for k in range(classes.n_copies) if int(classes.copy_state[k]) in wanted]
+        chunks = plan_chunks(structure.n_households, copies, max_households_per_chunk, workers)
+        tasks = [(str(dataset_path), [int(classes.copy_state[k]) for k in c], variables,
+                  [str(classes.copy_county[k]) for k in c], year, forced, i == 0, route)
+                 for i, c in enumerate(chunks)]
         # the traced chunk is submitted first, so it never waits behind the others
         results = (map(_chunk_task, tasks, [tables] * len(tasks)) if pool is None
                    else pool.map(_chunk_task, tasks))
-        return _collect(results, tables, structure, variables, specs, counties, chunks, states,
-                        workers, year, log, t_start)
+        return _collect(results, tables, structure, variables, specs, classes, chunks, states,
+                        workers, year, log, t_start, probe_figures)
     finally:
         _SIM_CACHE.clear()
         if pool is not None:
@@ -1018,15 +1448,16 @@ def simulate_states(
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _collect(results, tables, structure, variables, specs, counties, chunks, states, workers,
-             year, log, t_start) -> StateSimulations:
-    row_of = {s: i for i, s in enumerate(STATE_ORDER)}
+def _collect(results, tables, structure, variables, specs, classes: CountyClasses, chunks,
+             states, workers, year, log, t_start, probe_figures) -> StateSimulations:
     parts: dict[str, list] = {v: [] for v in variables}
     rows_done: list[int] = []
     chunk_times, start_times = [], []
     trace = None
-    for chunk_states, values, seconds, start_seconds, pid, trace_info in results:
-        rows_done += [row_of[s] for s in chunk_states]
+    copy_state = classes.copy_state
+    for chunk, (chunk_states, values, seconds, start_seconds, pid, trace_info) in zip(chunks,
+                                                                                     results):
+        rows_done += list(chunk)
         for v in variables:
             parts[v].append(values[v])
         chunk_times.append(round(seconds, 2))
@@ -1035,7 +1466,7 @@ def _collect(results, tables, structure, variables, specs, counties, chunks, sta
             trace = trace_info
         started = f", after a policyengine-us start of {start_seconds:.1f} s" if (
             start_seconds >= 0.5) else ""
-        log(f"{'traced ' if trace_info is not None else ''}chunk of {len(chunk_states)} states x "
+        log(f"{'traced ' if trace_info is not None else ''}chunk of {len(chunk_states)} copies x "
             f"{structure.n_households} households: {seconds:.1f} s (pid {pid}{started})")
     dependence, entity = trace["dependence"], trace["entity"]
     dependent = [v for v in variables if dependence[v]]
@@ -1046,19 +1477,21 @@ def _collect(results, tables, structure, variables, specs, counties, chunks, sta
         stacked = np.concatenate(parts[v], axis=0)
         differs = np.flatnonzero((stacked != stacked[0]).any(axis=1))
         if len(differs):
-            state = STATE_ORDER[rows_done[differs[0]]]
+            state = int(copy_state[rows_done[differs[0]]])
+            county = str(classes.copy_county[rows_done[differs[0]]])
             raise SimulationError(
                 f"{v!r} was classified state-invariant but differs in {STATE_ABBR[state]} "
-                f"from {STATE_ABBR[STATE_ORDER[rows_done[0]]]}: the traced chunk missed a "
+                f"from {STATE_ABBR[int(copy_state[rows_done[0]])]}"
+                f"{f' (county {county})' if county else ''}: the traced chunk missed a "
                 "dependency on the state")
         invariant[v] = stacked[0]
     by_state = {}
     order = np.asarray(rows_done)
     for v in dependent:
         stacked = np.concatenate(parts[v], axis=0)
-        full = np.empty((len(STATE_ORDER),) + stacked.shape[1:], dtype=stacked.dtype)
+        full = np.empty((classes.n_copies,) + stacked.shape[1:], dtype=stacked.dtype)
         full[order] = stacked
-        missing = np.setdiff1d(np.arange(len(STATE_ORDER)), order)
+        missing = np.setdiff1d(np.arange(classes.n_copies), order)
         if len(missing):  # states not simulated (tests, sampled benches): first simulated state
             full[missing] = stacked[0]
         by_state[v] = full
@@ -1069,8 +1502,9 @@ def _collect(results, tables, structure, variables, specs, counties, chunks, sta
         "variables": list(variables), "state_invariant": invariant_vars,
         "state_dependent": dependent,
         "states_simulated": sorted(int(s) for s in states),
-        "chunks": [[int(s) for s in c] for c in chunks], "chunk_seconds": chunk_times,
-        "workers": int(workers), "traced_chunk_states": [int(s) for s in chunks[0]],
+        "chunks": [[int(copy_state[k]) for k in c] for c in chunks],
+        "chunk_seconds": chunk_times,
+        "workers": int(workers), "traced_chunk_states": [int(copy_state[k]) for k in chunks[0]],
         "traced_chunk_seconds": chunk_times[0],
         "traced_chunk_routed_formulas": int(trace.get("routed_formulas", 0)),
         "unroutable_formulas": list(trace.get("unroutable", [])),
@@ -1078,12 +1512,21 @@ def _collect(results, tables, structure, variables, specs, counties, chunks, sta
         # policyengine-us start-up paid before each chunk (a worker's first one; 0 after)
         "start_seconds": start_times,
         "total_seconds": round(time.time() - t_start, 2),
-        "representative_county": {STATE_ABBR[s]: c for s, c in sorted(counties.items())},
+        "representative_county": {STATE_ABBR[int(s)]: str(classes.copy_county[k])
+                                  for s, k in zip(STATE_ORDER,
+                                                  classes.state_default()[list(STATE_ORDER)])},
         "takeup_inputs_forced_true": [s.input for s in specs],
+        "state_copies": int(classes.n_copies),
+        "county_classes": classes.per_state(),
+        "county_readers": list(classes.readers),
+        "probe": {k: v for k, v in probe_figures.items()
+                  if k not in ("readers", "probe_seconds", "probe_start_seconds")},
+        "probe_seconds": probe_figures.get("probe_seconds", 0.0),
+        "probe_start_seconds": probe_figures.get("probe_start_seconds", 0.0),
     }
     eligible = sorted({v for s in specs for v in s.variables} & set(variables))
     home = tables["household"]["state_fips"].to_numpy().astype(np.int64)
     return StateSimulations(structure, home, entity, invariant, by_state, dependence, eligible,
-                            meta)
+                            meta, classes)
 
 

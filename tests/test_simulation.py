@@ -135,8 +135,10 @@ def _chunk_results(age_in_second_chunk):
 def test_invariant_variables_are_stored_once_and_checked_in_every_chunk():
     for tamper, ok in ((lambda a: a, True), (lambda a: a + 1, False)):
         tables, results = _chunk_results(tamper)
-        args = (tables, simu.Structure.from_tables(tables), ["age", "snap"], [], {},
-                [[1, 2], [4]], [1, 2, 4], 1, 2024, lambda m: None, 0.0)
+        classes = simu.StateSimulations(None, None, {}, {}, {}, {}).classes  # 51 copies
+        # chunks list state copies: AL, AK | AZ (rows 0, 1 | 2 of the 51)
+        args = (tables, simu.Structure.from_tables(tables), ["age", "snap"], [], classes,
+                [[0, 1], [2]], [1, 2, 4], 1, 2024, lambda m: None, 0.0, {})
         if ok:
             out = simu._collect(results, *args)
             assert set(out.invariant) == {"age"} and set(out.by_state) == {"snap"}
