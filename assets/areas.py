@@ -56,14 +56,15 @@ NATIONAL_FILE = ("areas", "national", "US.h5")
 REPORT_CSV = ("areas", "validation", "validation_results.csv")
 NATIONAL_AGGREGATES_CSV = ("areas", "validation", "national_aggregates.csv")
 SUMMARY_JSON = ("areas", "validation", "summary.json")
+COUNTY_SHARES_CSV = ("areas", "validation", "county_shares.csv")
 AREAS_PER_RUN = 100  # partitions per backfill run (488 -> 5 runs)
 
 area_partitions = dg.StaticPartitionsDefinition(all_area_keys())
 
 
 class AreaConfig(dg.Config):
-    # "matrix": every household of a state in the one county its state's copy was simulated
-    # at (state_simulations without county classes: the representative-county mode);
+    # "matrix" (default): every household of a state in the one county its state's copy was
+    # simulated at (the representative-county mode, state_simulations without county classes);
     # "clone": each household in the county drawn for its clone, which the package valued it
     # at (exact with state_simulations' county_classes)
     county: str = "matrix"
@@ -95,6 +96,11 @@ class _Inputs:
         meta = json.loads(store.path(*PACKAGE, METADATA_FILE).read_text())
         self.takeup = asm.takeup_for_package(meta.get("takeup_rerandomised", []))
         self.county_by_state = None
+        self.frozen = None
+        if county == "clone" and store.path(*SIMULATIONS).is_file():
+            # values computed at each cell's county class (simulation.FROZEN_AT_CLASS)
+            sims = load_state_simulations(store.path(*SIMULATIONS))
+            self.frozen = sims if sims.metadata.get("probe") else None
         if county == "matrix":
             sims_meta = load_state_simulations(store.path(*SIMULATIONS)).metadata
             rep = sims_meta.get("representative_county")
@@ -107,7 +113,7 @@ class _Inputs:
     def build(self, key: Optional[str]) -> asm.AreaBuild:
         area = parse_area_key(key) if key is not None else None
         return asm.build_area_tables(self.base, self.geo, self.weights, area, self.takeup,
-                                     self.county_by_state)
+                                     self.county_by_state, self.frozen)
 
 
 def _fit_weights(weights_path: Path, which: str) -> np.ndarray:
@@ -364,6 +370,11 @@ def validation_report(context: dg.AssetExecutionContext, config: ValidationConfi
         "national_aggregates": json.loads(aggregates.to_json(orient="records")),
         "national_aggregates_flagged": int((aggregates["status"] == "FLAG").sum()),
     }
+    shares = _county_shares(store, package.targets)
+    with atomic_path(store.path(*COUNTY_SHARES_CSV), suffix=".csv") as tmp:
+        shares.to_csv(tmp, index=False, float_format="%.6g")
+    summary_obj["county_shares_flagged"] = shares.loc[shares["flagged"], "state"].tolist()
+    summary_obj["county_tvd_median"] = round(float(shares["tvd"].median()), 4)
     atomic_write_json(store.path(*SUMMARY_JSON), summary_obj)
     worst = report.sort_values("xw_rel_diff", ascending=False).head(10)[
         ["area", "target_name", "sim_value", "xw_value", "xw_rel_diff"]]
@@ -378,8 +389,42 @@ def validation_report(context: dg.AssetExecutionContext, config: ValidationConfi
         "national_aggregates": dg.MetadataValue.md(national_check.to_markdown(aggregates)),
         "national_aggregates_flagged": summary_obj["national_aggregates_flagged"],
         "path": dg.MetadataValue.path(str(csv_path)),
+        "county_tvd_median": summary_obj["county_tvd_median"],
+        "county_shares_flagged": ", ".join(summary_obj["county_shares_flagged"]) or "none",
         "seconds": round(time.perf_counter() - t0, 1),
     })
+
+
+def _county_shares(store: ArtifactStore, targets: pd.DataFrame) -> pd.DataFrame:
+    """Per state file: its weighted county shares (persons) against the population shares
+    expected from the district populations and P(county | district) (TVD, the TVD sampling
+    alone would give, flagged: ``geography.county_share_report``)."""
+    from calibration_core import geography as geo_mod
+    from calibration_core.areas import STATES
+    from calibration_core.raw_inputs import raw_path
+
+    county = geo_mod.load_county_table(raw_path(store.raw_dir, geo_mod.COUNTY_TABLE_FILE))
+    try:
+        population = geo_mod.district_population(targets)
+    except geo_mod.GeographyError:  # no district populations in the package: districts equal
+        population = pd.Series(1.0, index=county["district_geoid"].unique())
+    expected = geo_mod.expected_county_shares(county, population)
+    rows = []
+    for abbr, fips, _, _ in STATES:
+        path = area_path(store, f"state-{abbr}")
+        if not path.is_file():
+            continue
+        tables, _ = read_dataset(path)
+        hh = tables["household"]
+        persons = np.bincount(tables["person"]["person_household_id"].to_numpy(),
+                              minlength=len(hh))
+        summary, _ = geo_mod.county_share_report(
+            fips, hh["county_fips"].astype(str).to_numpy(),
+            hh["household_weight"].to_numpy(float) * persons, expected)
+        rows.append(summary)
+    return pd.DataFrame(rows, columns=["state", "counties_expected", "counties_in_file", "tvd",
+                                       "noise_tvd", "effective_households", "flagged",
+                                       "largest_gap_county"])
 
 
 def _report(store: ArtifactStore) -> pd.DataFrame:
@@ -431,12 +476,30 @@ def national_aggregates(store: ArtifactStore) -> dg.AssetCheckResult:
                   "table": dg.MetadataValue.md(national_check.to_markdown(table))})
 
 
+@dg.asset_check(asset=validation_report, blocking=False,
+                description="Each state file's weighted county shares (persons) against the "
+                            "population shares expected from district populations and "
+                            "P(county | district): total variation distance per state; a state "
+                            "more than 0.10 above the TVD its sample size alone explains is "
+                            "flagged. A warning, not a release gate.")
+def county_shares(store: ArtifactStore) -> dg.AssetCheckResult:
+    table = pd.read_csv(store.path(*COUNTY_SHARES_CSV))
+    flagged = table[table["flagged"].astype(bool)]
+    return dg.AssetCheckResult(
+        passed=flagged.empty, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"flagged": len(flagged), "flagged_states": ", ".join(flagged["state"]) or
+                  "none", "tvd_median": round(float(table["tvd"].median()), 4),
+                  "table": _md(table.sort_values("tvd", ascending=False).round(4))})
+
+
 @dg.asset_check(asset=validation_report, blocking=True,
-                description="All 488 area files and the national file exist.")
+                description="All area files (states, districts, the catalog's cities) and the "
+                            "national file exist.")
 def area_files_complete(store: ArtifactStore) -> dg.AssetCheckResult:
     missing = [k for k in all_area_keys() if not area_path(store, k).is_file()]
     national = store.path(*NATIONAL_FILE).is_file()
     return dg.AssetCheckResult(
         passed=not missing and national,
-        metadata={"area_files": 488 - len(missing), "missing": ", ".join(missing[:50]) or "none",
+        metadata={"area_files": len(all_area_keys()) - len(missing),
+                  "missing": ", ".join(missing[:50]) or "none",
                   "national_file": national})

@@ -15,7 +15,9 @@ CPS file) and the same variables (those the targets DB needs), times
 * assembly: :func:`calibration_core.package.build_package` for the demo preset's clones;
 * with ``--compare-unrouted CHUNK``, also ours without :class:`~calibration_core.simulation.
   StateRouter` (each state's own rules on every stacked row, as policyengine-core runs them) in
-  chunks of CHUNK households - the previous default was 6,000, the best chunk without routing.
+  chunks of CHUNK households - the previous default was 6,000, the best chunk without routing;
+* with ``--compare-county-classes``, ours (one state copy per county class, the default) against
+  ours with one copy per state at its most populous county (``county_classes=False``).
 
 Ours always runs all 51 states. The reference runs in a fresh process (its one-off start-up is
 counted, as in the reference) on ``--ref-states K`` states (default 51); with K < 51 its
@@ -24,6 +26,7 @@ The CPU may be shared: the table prints the load average.
 
     python bench/bench_state_simulations.py --raw RAW_DIR --db targets.db [--n 1000 3000]
         [--ref-states 8] [--chunk 26000] [--workers 2] [--compare-unrouted 6000]
+        [--compare-county-classes]
 """
 from __future__ import annotations
 
@@ -107,6 +110,9 @@ def main(argv=None) -> None:
     ap.add_argument("--compare-unrouted", type=int, default=0, metavar="CHUNK",
                     help="also time ours without routing, CHUNK households per simulation")
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--compare-county-classes", action="store_true",
+                    help="also run simulate_states with one copy per state (county_classes="
+                         "False, the representative-county mode) and print the ratio")
     args = ap.parse_args(argv)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_sims_"))
@@ -134,6 +140,20 @@ def main(argv=None) -> None:
         m = sims.metadata
         # the traced chunk and each worker's policyengine-us start included
         ours_cpu = sum(m["chunk_seconds"]) + sum(m["start_seconds"])
+        if args.compare_county_classes:  # today's one copy per state against county classes
+            print(f"[{n}] ours with one copy per state (county_classes=False)", flush=True)
+            t = time.perf_counter()
+            one = simu.simulate_states(path, variables, county, population, states=states,
+                                       max_households_per_chunk=args.chunk,
+                                       workers=args.workers, county_classes=False,
+                                       log=lambda m: print("   ", m, flush=True))
+            one_wall = time.perf_counter() - t
+            one_cpu = sum(one.metadata["chunk_seconds"]) + sum(one.metadata["start_seconds"])
+            split = {k: v for k, v in m["county_classes"].items() if v > 1}
+            print(f"[{n}] county classes: {m['state_copies']} state copies (classes > 1: "
+                  f"{split}); probe {m['probe_seconds']:.1f} s. Wall {ours_wall:.1f} s against "
+                  f"{one_wall:.1f} s with one copy per state: {ours_wall / one_wall:.2f}x; "
+                  f"chunk CPU {ours_cpu:.1f} s against {one_cpu:.1f} s", flush=True)
         unrouted = {}
         if args.compare_unrouted:
             print(f"[{n}] ours without routing: chunk {args.compare_unrouted}", flush=True)

@@ -36,7 +36,8 @@ import pandas as pd
 from .areas import NYC_COUNTY_FIPS, Area
 from .geography import GeographyAssignment
 from .h5_dataset import ENTITIES, GROUP_ENTITIES, validate_tables
-from .simulation import TAKEUP, Structure, TakeUp, takeup_decisions, takeup_specs_for
+from .simulation import (FROZEN_AT_CLASS, TAKEUP, StateSimulations, Structure, TakeUp,
+                         takeup_decisions, takeup_specs_for)
 
 # household geography inputs written per cell; stale copies of these (and of what derives
 # from the old location) are dropped from the base household table
@@ -181,6 +182,7 @@ def assemble_cells(
     weight: np.ndarray,
     takeup: Sequence[TakeUp] = (),
     county_by_state: Mapping[int, str] | None = None,
+    frozen: StateSimulations | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The six entity tables of the households ``(clone[k], record[k])``, k = 0..A-1.
 
@@ -194,6 +196,11 @@ def assemble_cells(
     county_by_state : state FIPS -> county FIPS written instead of the cell's own county (the
         county the state simulations placed every household of that state in); None keeps the
         cell's county from ``geo``.
+    frozen : state simulations with county classes: each of their
+        :data:`~calibration_core.simulation.FROZEN_AT_CLASS` variables is written as an input,
+        the value at the cell's state and county class (the value the matrix's other
+        variables were computed with; HUD housing assistance, whose county fair market rents
+        no class captures). None writes none.
 
     Returns tables with fresh ids ``0..n-1`` per entity and consistent ``person_<e>_id``
     memberships; household geography and weight per cell; take-up inputs redrawn.
@@ -249,6 +256,18 @@ def assemble_cells(
         county = table[state]
     hh["county_fips"] = county.astype(object)
     hh["county"] = county_enum_names(county).astype(object)
+
+    # values computed at the cell's county class, written as inputs
+    if frozen is not None:
+        cell_copy = frozen.copy_index(state, county)
+        for v in FROZEN_AT_CLASS:
+            if v not in frozen.entity:
+                continue
+            e = frozen.entity[v]
+            base_rows, cell = rows[e], cells[e]
+            table = frozen.invariant.get(v)
+            out[e][v] = (table[base_rows] if table is not None
+                         else frozen.by_state[v][cell_copy[cell], base_rows])
 
     # take-up, keyed like the matrix: (base household id, clone, rank in household, state)
     for spec in takeup:
@@ -331,6 +350,7 @@ def build_area_tables(
     area: Area | None,
     takeup: Sequence[TakeUp] = (),
     county_by_state: Mapping[int, str] | None = None,
+    frozen: StateSimulations | None = None,
 ) -> AreaBuild:
     """The dataset of ``area`` (None: the nation): its active cells (weight > 0, clone in the
     area, :func:`area_cell_mask`) assembled by :func:`assemble_cells`.
@@ -339,5 +359,5 @@ def build_area_tables(
     """
     clone, record = active_cells(weights2d, area_cell_mask(geo, area))
     tables = assemble_cells(base, geo, clone, record, weights2d[clone, record], takeup,
-                            county_by_state)
+                            county_by_state, frozen)
     return AreaBuild(area.key if area is not None else "national-US", tables, clone, record)

@@ -73,6 +73,12 @@ DEFAULT_CHUNK_HOUSEHOLDS = 26_000
 # Probe households placed in every county to find the county classes (probe_county_classes):
 # 12 x 3,106 counties of the demo build ran in 44 s traced and split 19 states (72 copies)
 DEFAULT_PROBE_HOUSEHOLDS = 12
+# County-dependent values no handful of probes can class: HUD's housing assistance payment
+# (fair market rents and income limits of each county or metro area) enters SNAP's shelter
+# deduction. With county classes the state simulations compute it at each class's county and
+# the area files carry that value as an input (assembly), so SNAP in the files equals the
+# matrix's; without it, 6 of 11,109 in-sample demo rows missed X.w by 0.5-1.65% (state SNAP).
+FROZEN_AT_CLASS: tuple[str, ...] = ("housing_assistance",)
 
 
 class SimulationError(ValueError):
@@ -1354,7 +1360,9 @@ def simulate_states(
         them on every stacked row, as policyengine-core does (for comparisons).
     county_classes : first run the probe (:func:`probe_county_classes`: ``n_probes``
         households in every county) and simulate one state copy per county class, so that
-        every county-dependent value is exact for every county; False: one copy per state at
+        every county-dependent value is exact for every county; the variables of
+        :data:`FROZEN_AT_CLASS` are simulated too (area files carry their class values);
+        False: one copy per state at
         its most populous county (:func:`single_county_classes`; the representative-county
         mode).
     n_probes, probe_signature : the probe's households and signature
@@ -1378,7 +1386,7 @@ def simulate_states(
         if col not in tables["household"].columns:
             raise SimulationError(f"{dataset_path}: household table lacks {col!r}")
     structure = Structure.from_tables(tables)
-    variables = sorted(set(variables))
+    variables = sorted(set(variables) | (set(FROZEN_AT_CLASS) if county_classes else set()))
     specs = takeup_specs_for(variables)
     forced = [(s.entity, s.input) for s in specs]
     single = single_county_classes(county_table, population)

@@ -154,7 +154,9 @@ def _report(maryland, county_aware: bool) -> pd.DataFrame:
     matrix, _ = pkg.assemble_matrix(t, sims, geo, county_aware=county_aware)
     targets = _package_rows(t, matrix)
     w2 = asm.check_weights(w, geo)
-    build = asm.build_area_tables(base, geo, w2, parse_area_key("state-MD"), [SNAP])
+    build = asm.build_area_tables(base, geo, w2, parse_area_key("state-MD"), [SNAP],
+                                  frozen=sims)
+    assert "housing_assistance" in build.tables["spm_unit"]
     area_set = val.AreaSet(["state-MD"], ["state"], [build.tables],
                            [(build.clone, build.record)], [0])
     return val.validate_areas(area_set, targets, matrix, [w], geo.n_records, 2024)
