@@ -139,8 +139,26 @@ for key in ("state-CA", "district-CA-12", "city-NYC", "state-NY", None):
                  "distinct base records": len(np.unique(record)),
                  "weighted households": weights2d[clone, record].sum()})
 _walk.show(pd.DataFrame(rows))
-print("A state's cells are its districts' cells; NYC's are the cells whose county is one of "
-      f"{NYC_COUNTY_FIPS}.")
+print("A state's cells are its districts' cells; a city's are the cells whose county is one of "
+      f"its counties in calibration_core/cities.csv (NYC: {NYC_COUNTY_FIPS}).")
+
+# County classes (methodology, "County dependence"): every file holds each clone in its own
+# county, and the matrix values each cell at that county. The state simulations run one copy per
+# county class - counties of a state where a probe of households gets equal values. Here, toy
+# signatures: New York's five boroughs share one value (in New York City), its other counties
+# another; the classes map every county to the copy (row of StateSimulations.by_state) that
+# values it.
+counties = np.array(sorted(set(geo.county_fips.ravel())))
+state_of = np.array([int(c[:2]) for c in counties])
+signature = np.isin(counties, NYC_COUNTY_FIPS).astype(int)[:, None]
+classes = sim.classes_from_signatures(counties, state_of, signature, np.ones(len(counties)))
+ny = classes.copy_state == STATE_FIPS["NY"]
+in_ny = state_of == STATE_FIPS["NY"]
+_walk.show(pd.DataFrame({"New York county": counties[in_ny],
+                         "copy (class) row": classes.copy_index(state_of[in_ny],
+                                                                counties[in_ny])}))
+print(f"{classes.n_copies} state copies for 51 states; New York's simulated at "
+      f"{classes.copy_county[ny].tolist()} (each class at its most populous county).")
 
 # ---------------------------------------------------------------------------------------------
 _walk.section("4. Assemble the files")
