@@ -1284,9 +1284,9 @@ def probe_parts(cw: pd.DataFrame, parts: int) -> list[pd.DataFrame]:
     """Split :func:`county_weights` rows into ``parts`` groups of whole states, balanced by
     county count (consecutive states), for parallel probes."""
     per_state = cw.groupby("state").size()
-    cum = np.cumsum(per_state.to_numpy())
-    cut = np.searchsorted(cum, cum[-1] * np.arange(1, parts) / parts)
-    group = np.searchsorted(cut, np.arange(len(per_state)), side="right")
+    n = per_state.to_numpy()
+    mid = np.cumsum(n) - n / 2  # a state goes to the part holding its middle county
+    group = np.minimum((parts * mid / n.sum()).astype(np.int64), parts - 1)
     state_group = dict(zip(per_state.index.tolist(), group.tolist()))
     g = cw["state"].map(state_group).to_numpy()
     return [cw[g == k].reset_index(drop=True) for k in range(parts) if (g == k).any()]

@@ -209,3 +209,18 @@ def test_county_share_report_tvd_and_flag():
         MONTGOMERY, BALTIMORE_CITY)
     with pytest.raises(g.GeographyError, match="not in the county table"):
         g.county_share_report(MD, np.array(["24001"]), np.ones(1), expected)
+
+
+def test_probe_parts_split_whole_states_and_probe_rows_are_deterministic():
+    cw = pd.DataFrame({"state": [1] * 5 + [2] * 3 + [4] * 4 + [5] * 4,
+                       "county_fips": [f"{s:02d}{i:03d}" for s, n in ((1, 5), (2, 3), (4, 4),
+                                                                      (5, 4))
+                                       for i in range(n)], "weight": 1.0})
+    parts = simu.probe_parts(cw, 2)
+    assert len(parts) == 2 and sum(len(p) for p in parts) == len(cw)
+    assert not set(parts[0]["state"]) & set(parts[1]["state"])  # whole states
+    assert [len(p) for p in parts] == [8, 8]
+    tables = synthetic_tables(40, seed=3)
+    rows = simu.probe_rows(tables, 6)
+    assert len(rows) == 6 and np.array_equal(rows, simu.probe_rows(tables, 6))
+    assert len(np.unique(rows)) == 6
