@@ -80,13 +80,15 @@ def build_executor(name: str | None = None) -> dg.ExecutorDefinition:
         return dg.in_process_executor
     if name == "dask":
         import dask
-        from dagster_dask import dask_executor
+
+        # dagster-dask's executor, passing each step's arguments opaquely (jobs/dask_executor.py)
+        from jobs.dask_executor import opaque_args_dask_executor
 
         # a step may start its own worker processes (state simulations, validation stacks):
         # the workers of a LocalCluster this process starts must not be daemonic
         dask.config.set({"distributed.worker.daemon": False})
 
-        return dask_executor.configured(dask_config(), name="dask")
+        return opaque_args_dask_executor.configured(dask_config(), name="dask")
     if name == "k8s":
         from dagster_k8s import k8s_job_executor
 

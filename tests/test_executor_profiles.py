@@ -5,6 +5,7 @@ the executor would create for a weight fit requests a GPU on a GPU node."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import dagster as dg
@@ -143,3 +144,28 @@ def test_a_warning_check_does_not_fail_the_build(dagster_instance):
     assert materialize_graph(defs, dagster_instance, "*", executor="in_process")
     outcome["gate"] = False
     assert not materialize_graph(defs, dagster_instance, "*", executor="in_process")
+
+
+def test_dask_profile_runs_steps_on_a_local_cluster(tmp_path, monkeypatch):
+    """Three steps, one in a concurrency pool, through the dask profile on a two-worker
+    ``distributed.LocalCluster`` on 127.0.0.1: every step runs in a worker (the fast companion
+    of tests/test_dask_executor.py, which builds the tiny preset)."""
+    pytest.importorskip("dagster_dask")
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+    from dask.distributed import Client, LocalCluster
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.syspath_prepend(str(repo))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        workers = set(client.run(os.getpid).values())
+        monkeypatch.setenv("AREACAL_DASK_SCHEDULER", cluster.scheduler_address)
+        job = ReconstructableRepository.for_module(
+            "tests.dask_small_defs", "defs", working_directory=str(repo)
+        ).get_reconstructable_job("__ASSET_JOB")
+        with dg.DagsterInstance.get() as instance, \
+                dg.execute_job(job, instance) as result:
+            assert result.success
+            pids = {e.pid for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert len(pids) >= 1 and pids <= workers, (pids, workers)
