@@ -29,6 +29,11 @@ def targets_db(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.Ma
     table = summary["by_source_level"].pivot_table(
         index="source", columns="geo_level", values="targets", aggfunc="sum", fill_value=0)
     table["total"] = table.sum(axis=1)
+    recon = summary["reconciliation"]
+    factors = (recon[recon["applied"]].groupby(["rule", "parent"])["factor"]
+               .agg(["size", "min", "median", "max"]).round(4)
+               .rename(columns={"size": "families"}).reset_index())
+    gaps = _unreconciled_gaps(db_path)
     context.log.info(f"{summary['targets']} targets in {summary['strata']} strata -> {db_path} "
                      f"({summary['seconds']:.1f} s)")
     return dg.MaterializeResult(
@@ -41,11 +46,24 @@ def targets_db(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.Ma
             "targets_by_level": dg.MetadataValue.json(summary["by_level"]),
             "targets_by_source_and_level": dg.MetadataValue.md(table.reset_index().to_markdown(
                 index=False)),
+            "reconciled_targets": int(recon.loc[recon["applied"], "children"].sum()),
+            "reconciliation_not_applied": _md(
+                recon.loc[~recon["applied"], ["rule", "family", "parent", "reason"]]),
+            "reconciliation_factors": _md(factors),
+            "unreconciled_source_gaps": _md(gaps),
             "build_seconds": round(summary["seconds"], 2),
             "sha256": summary["sha256"],
         },
         data_version=dg.DataVersion(summary["sha256"][:32]),
     )
+
+
+def _unreconciled_gaps(db_path) -> "pd.DataFrame":
+    """Families whose calibration values do not add up from one level to the next (sources or
+    periods that disagree and that no reconciliation rule scales), largest gap first."""
+    gaps = tdb.hierarchy_gaps(db_path)
+    gaps = gaps[gaps["max_abs_rel_gap"] > 1e-9]
+    return gaps.sort_values("max_abs_rel_gap", ascending=False, kind="stable").head(30)
 
 
 @dg.asset_check(asset=targets_db, blocking=True,

@@ -13,12 +13,17 @@ Tables
 ``stratum_constraints(stratum_id, constraint_variable, operation, value)``
     one row per predicate; a stratum is the set of entities satisfying all of its rows.
 ``targets(target_id, stratum_id, variable, period, reform_id, value, unit, source, source_file,
-active, modelled, uprating_basis, uprating_factor, uprated_value, notes)``
+active, modelled, uprating_basis, uprating_factor, uprated_value, reconciliation_factor, notes)``
     ``value`` is the figure as published for ``period``; ``uprated_value = value *
-    uprating_factor`` restates it for the DB's calibration year (``build_info``).
+    uprating_factor`` restates it for the DB's calibration year (``build_info``);
+    ``reconciliation_factor`` (1 unless a rule of :mod:`calibration_core.etl.reconcile` scales
+    the target to an administrative anchor) multiplies it into the calibration value.
     UNIQUE ``(stratum_id, variable, period, reform_id)``.
 ``sources(source, file, agency, vintage, description, url, sha256)``
     one row per raw file used; ``targets.source`` is one of these source names.
+``reconciliation(rule, family, parent, anchor, scaled_sum, factor, children, applied, reason)``
+    one row per (reconciliation rule, family, parent geography): the anchor, the scaled
+    targets' sum before scaling, the factor applied (1 and a reason when not applied).
 ``growth_index(year, basis, value)``, ``build_info(key, value)``
     the uprating indices (``calibration_core.uprating``) and build facts (calibration year,
     schema version). No timestamps: equal inputs give a byte-identical file.
@@ -63,10 +68,10 @@ import pandas as pd
 
 from . import etl, uprating
 from .areas import STATES, district_geoids
-from .etl import TargetsInputError
+from .etl import TargetsInputError, reconcile
 from .io_utils import atomic_path, sha256_file
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 CALIBRATION_YEAR = 2024
 GEO_LEVELS = ("national", "state", "district")
 GEO_VARIABLES = ("state_fips", "congressional_district_geoid")
@@ -119,9 +124,15 @@ CREATE TABLE targets (
     uprating_basis TEXT NOT NULL CHECK (uprating_basis IN ('count', 'cpi_u')),
     uprating_factor REAL NOT NULL,
     uprated_value REAL NOT NULL,
+    reconciliation_factor REAL NOT NULL DEFAULT 1,
     notes TEXT,
     UNIQUE (stratum_id, variable, period, reform_id),
     FOREIGN KEY (source, source_file) REFERENCES sources(source, file));
+CREATE TABLE reconciliation (
+    rule TEXT NOT NULL, family TEXT NOT NULL, parent INTEGER NOT NULL, anchor REAL,
+    scaled_sum REAL NOT NULL, factor REAL NOT NULL, children INTEGER NOT NULL,
+    applied INTEGER NOT NULL, reason TEXT,
+    PRIMARY KEY (rule, family, parent));
 CREATE TABLE growth_index (
     year INTEGER NOT NULL, basis TEXT NOT NULL, value REAL NOT NULL,
     PRIMARY KEY (year, basis));
@@ -292,7 +303,8 @@ def _rows(frame: pd.DataFrame) -> list[tuple]:
 
 
 def _write(path: Path, strata: pd.DataFrame, constraints: pd.DataFrame, targets: pd.DataFrame,
-           sources: pd.DataFrame, growth: pd.DataFrame, year: int) -> None:
+           sources: pd.DataFrame, growth: pd.DataFrame, year: int,
+           reconciliation: pd.DataFrame) -> None:
     con = sqlite3.connect(path)
     try:
         con.execute("PRAGMA foreign_keys = ON")
@@ -313,11 +325,15 @@ def _write(path: Path, strata: pd.DataFrame, constraints: pd.DataFrame, targets:
                             _rows(constraints.astype({"stratum_id": int})))
             cols = ["target_id", "stratum_id", "variable", "period", "reform_id", "value",
                     "unit", "source", "source_file", "active", "modelled", "uprating_basis",
-                    "uprating_factor", "uprated_value", "notes"]
+                    "uprating_factor", "uprated_value", "reconciliation_factor", "notes"]
             rows = targets[cols].astype({"target_id": int, "stratum_id": int, "period": int,
                                          "reform_id": int, "active": int, "modelled": int})
             con.executemany(f"INSERT INTO targets VALUES ({', '.join('?' * len(cols))})",
                             _rows(rows))
+            con.executemany(
+                "INSERT INTO reconciliation VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _rows(reconciliation[list(reconcile.REPORT_COLUMNS)].astype(
+                    {"parent": int, "children": int, "applied": int})))
             con.executemany("INSERT INTO growth_index VALUES (?, ?, ?)",
                             _rows(growth[["year", "basis", "index"]].astype({"year": int})))
         con.execute("VACUUM")
@@ -379,11 +395,13 @@ def build_targets_db(raw_dir: str | os.PathLike, db_path: str | os.PathLike,
     targets["uprating_factor"] = uprating.uprating_factors(
         targets["period"], targets["uprating_basis"], year, growth)
     targets["uprated_value"] = targets["value"] * targets["uprating_factor"]
+    targets["reconciliation_factor"], reconciliation = reconcile.reconcile(
+        targets, targets["uprated_value"].to_numpy(), year=year)
     sources = _sources_frame(result.sources, raw_dir)
     db_path = Path(db_path)
     with atomic_path(db_path, suffix=".db.tmp") as tmp:
         tmp.unlink()  # sqlite creates the file itself
-        _write(tmp, strata, constraints, targets, sources, growth, year)
+        _write(tmp, strata, constraints, targets, sources, growth, year, reconciliation)
         validate_db(tmp)
     by_source_level = (targets.groupby(["source", "geo_level"]).size()
                        .rename("targets").reset_index())
@@ -394,6 +412,7 @@ def build_targets_db(raw_dir: str | os.PathLike, db_path: str | os.PathLike,
         "by_level": {k: int(v) for k, v in targets.groupby("geo_level").size().items()},
         "by_source_level": by_source_level,
         "modelled": int(targets["modelled"].sum()),
+        "reconciliation": reconciliation,
         "seconds": time.perf_counter() - start,
         "sha256": sha256_file(db_path),
     }
@@ -406,6 +425,16 @@ def _connect_ro(db_path: str | os.PathLike) -> sqlite3.Connection:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: targets database not found (materialize targets_db)")
     return sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+
+
+def read_reconciliation(db_path: str | os.PathLike) -> pd.DataFrame:
+    """The ``reconciliation`` table: one row per (rule, family, parent geography), sorted."""
+    con = _connect_ro(db_path)
+    try:
+        return pd.read_sql_query("SELECT * FROM reconciliation ORDER BY rule, family, parent",
+                                 con)
+    finally:
+        con.close()
 
 
 def read_constraints(db_path: str | os.PathLike) -> pd.DataFrame:
@@ -432,16 +461,19 @@ def read_targets(db_path: str | os.PathLike, year: int = CALIBRATION_YEAR) -> pd
     (else the earliest period), uprated to ``year``.
 
     Columns: target_id:int, stratum_id:int, variable:str, period:int, value:float (uprated to
-    ``year``), original_value:float (as published for ``period``), uprating_factor:float,
-    source:str, unit:str, geo_level:str (national|state|district), geo_id:str ("US", "6",
-    "612"), domain:str (sorted comma-joined non-geographic constraint variables, "" if none;
-    ``tax_unit_is_filer`` is not a domain variable), modelled:bool. Sorted by target_id.
+    ``year`` and reconciled: ``original_value * uprating_factor * reconciliation_factor``),
+    original_value:float (as published for ``period``), uprating_factor:float,
+    reconciliation_factor:float (1 unless a reconciliation rule scaled it; computed at the DB's
+    calibration year), source:str, unit:str, geo_level:str (national|state|district),
+    geo_id:str ("US", "6", "612"), domain:str (sorted comma-joined non-geographic constraint
+    variables, "" if none; ``tax_unit_is_filer`` is not a domain variable), modelled:bool. Sorted by target_id.
     """
     con = _connect_ro(db_path)
     try:
         t = pd.read_sql_query(
             "SELECT t.target_id, t.stratum_id, t.variable, t.period, t.value AS original_value, "
-            "t.uprating_basis, t.uprating_factor, t.source, t.unit, t.modelled, s.geo_level, "
+            "t.uprating_basis, t.uprating_factor, t.reconciliation_factor, t.source, t.unit, "
+            "t.modelled, s.geo_level, "
             "s.geo_id FROM targets t JOIN strata s USING (stratum_id) "
             "WHERE t.active = 1 AND t.reform_id = 0", con)
         built_year = int(con.execute("SELECT value FROM build_info WHERE key = "
@@ -459,15 +491,17 @@ def read_targets(db_path: str | os.PathLike, year: int = CALIBRATION_YEAR) -> pd
     if int(year) != built_year:
         t["uprating_factor"] = uprating.uprating_factors(t["period"], t["uprating_basis"],
                                                          int(year), growth)
-    t["value"] = t["original_value"] * t["uprating_factor"]
+    t["value"] = t["original_value"] * t["uprating_factor"] * t["reconciliation_factor"]
     t["domain"] = t["stratum_id"].map(_domains(cons)).fillna("")
     t["modelled"] = t["modelled"].astype(bool)
     cols = ["target_id", "stratum_id", "variable", "period", "value", "original_value",
-            "uprating_factor", "source", "unit", "geo_level", "geo_id", "domain", "modelled"]
+            "uprating_factor", "reconciliation_factor", "source", "unit", "geo_level", "geo_id",
+            "domain", "modelled"]
     out = t[cols].sort_values("target_id").reset_index(drop=True)
     return out.astype({"target_id": np.int64, "stratum_id": np.int64, "period": np.int64,
                        "value": float, "original_value": float, "uprating_factor": float,
-                       "variable": str, "source": str, "unit": str, "geo_level": str,
+                       "reconciliation_factor": float, "variable": str, "source": str,
+                       "unit": str, "geo_level": str,
                        "geo_id": str, "domain": str})
 
 
@@ -557,6 +591,66 @@ def additivity_report(db_path: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["source", "variable", "period", "family", "relation",
                                        "parents", "complete_parents", "sum_children",
                                        "sum_parents", "max_rel_gap", "promised", "ok"])
+
+
+def hierarchy_gaps(db_path: str | os.PathLike, year: int = CALIBRATION_YEAR) -> pd.DataFrame:
+    """Gaps between levels in the values the calibration uses (uprated and reconciled, the
+    period :func:`read_targets` selects), across sources and periods.
+
+    A family is (variable, non-geographic constraints incl. the filer constraint); relations
+    ``district->state`` and ``state->national``. One row per (family, relation) with both
+    levels: child_sources / parent_sources, child_periods / parent_periods, complete_parents,
+    sum_children, sum_parents (complete parents only), rel_gap = sum_children / sum_parents
+    - 1, max_abs_rel_gap over complete parents. A fit given both levels cannot meet both where
+    the gap is not 0; :mod:`calibration_core.etl.reconcile` removes the gaps it has a rule for.
+    """
+    t = read_targets(db_path, year)
+    cons = read_constraints(db_path)
+    cons = cons[~cons["constraint_variable"].isin(GEO_VARIABLES)]
+    fam = (cons.assign(c=cons["constraint_variable"] + cons["operation"] + cons["value"])
+           .sort_values(["stratum_id", "c"]).groupby("stratum_id")["c"].agg("|".join))
+    t["family"] = t["variable"] + "/" + t["stratum_id"].map(fam).fillna("")
+    t["geo"] = np.where(t["geo_level"] == "national", 0,
+                        pd.to_numeric(t["geo_id"], errors="coerce").fillna(0)).astype(int)
+    per_state = {fips: n for _, fips, _, n in STATES}
+    rows = []
+    for child_level, parent_level, relation in (("district", "state", "district->state"),
+                                                ("state", "national", "state->national")):
+        child = t[t["geo_level"] == child_level].copy()
+        parent = t[t["geo_level"] == parent_level].copy()
+        child["parent_geo"] = child["geo"] // 100 if child_level == "district" else 0
+        sums = (child.groupby(["family", "parent_geo"])
+                .agg(children=("value", "size"), sum_children=("value", "sum"),
+                     child_sources=("source", lambda s: ",".join(sorted(set(s)))),
+                     child_periods=("period", lambda s: ",".join(map(str, sorted(set(s))))))
+                .reset_index())
+        merged = parent.rename(columns={"geo": "parent_geo"}).merge(
+            sums, on=["family", "parent_geo"])
+        if merged.empty:
+            continue
+        need = (merged["parent_geo"].map(per_state) if child_level == "district"
+                else pd.Series(51, index=merged.index))
+        merged = merged[merged["children"] == need]
+        for family, g in merged.groupby("family"):
+            gap = g["sum_children"] / g["value"].where(g["value"] != 0) - 1
+            rows.append({
+                "family": family, "relation": relation,
+                "child_sources": ",".join(sorted(set(",".join(g["child_sources"]).split(",")))),
+                "parent_sources": ",".join(sorted(set(g["source"]))),
+                "child_periods": ",".join(sorted(set(",".join(g["child_periods"]).split(",")))),
+                "parent_periods": ",".join(map(str, sorted(set(g["period"])))),
+                "complete_parents": int(len(g)),
+                "sum_children": float(g["sum_children"].sum()),
+                "sum_parents": float(g["value"].sum()),
+                "rel_gap": float(g["sum_children"].sum() / g["value"].sum() - 1)
+                if g["value"].sum() else float("nan"),
+                "max_abs_rel_gap": float(np.nanmax(np.abs(gap))) if gap.notna().any()
+                else float("nan"),
+            })
+    return pd.DataFrame(rows, columns=["family", "relation", "child_sources", "parent_sources",
+                                       "child_periods", "parent_periods", "complete_parents",
+                                       "sum_children", "sum_parents", "rel_gap",
+                                       "max_abs_rel_gap"])
 
 
 _VARIABLE_CLASS = re.compile(rb"^class\s+(\w+)\s*\(\s*Variable\s*\)", re.M)

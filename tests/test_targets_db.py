@@ -79,7 +79,8 @@ def test_read_targets_columns_and_period_selection(built):
     _, db, _ = built
     t = tdb.read_targets(db)
     assert list(t.columns) == ["target_id", "stratum_id", "variable", "period", "value",
-                               "original_value", "uprating_factor", "source", "unit",
+                               "original_value", "uprating_factor", "reconciliation_factor",
+                               "source", "unit",
                                "geo_level", "geo_id", "domain", "modelled"]
     assert t["target_id"].dtype == np.int64 and t["modelled"].dtype == bool
     assert not t.duplicated(["stratum_id", "variable"]).any()
@@ -100,7 +101,8 @@ def test_read_targets_columns_and_period_selection(built):
 def test_uprating_is_explicit_per_target(built):
     _, db, _ = built
     t = tdb.read_targets(db)
-    np.testing.assert_allclose(t["value"], t["original_value"] * t["uprating_factor"])
+    np.testing.assert_allclose(t["value"], t["original_value"] * t["uprating_factor"]
+                               * t["reconciliation_factor"])
     assert (t.loc[t.period == 2024, "uprating_factor"] == 1.0).all()
     soi = t[(t.source == "IRS SOI") & (t.period == 2022)]
     # fixture growth: CPI-U +3 %/yr; tax-unit weights +1 %/yr
@@ -290,3 +292,70 @@ def test_materialize_through_dagster(real_raw_dir, tmp_path, dagster_instance):
     assert meta["total_targets"].value >= 8000
     assert (tmp_path / "targets" / "targets.db").is_file()
     assert meta["sha256"].value == tdb.sha256_file(tmp_path / "targets" / "targets.db")
+
+
+def test_reconciliation_districts_sum_exactly_to_the_anchor(built):
+    """SNAP households: ACS district counts are scaled so that each state's districts sum to
+    its FNS total, keeping their ACS shares; the factor is stored per target and per state."""
+    from calibration_core.etl import reconcile
+
+    _, db, summary = built
+    t = tdb.read_targets(db)
+    snap = t[(t.variable == "household_count") & (t.domain == "snap")]
+    states = snap[snap.geo_level == "state"].set_index(snap.loc[snap.geo_level == "state",
+                                                                "geo_id"].astype(int))
+    districts = snap[snap.geo_level == "district"].copy()
+    districts["state"] = districts["geo_id"].astype(int) // 100
+    sums = districts.groupby("state")["value"].sum()
+    assert len(sums) == 51
+    np.testing.assert_allclose(sums.to_numpy(), states.loc[sums.index, "value"].to_numpy(),
+                               rtol=1e-13)
+    # shares within a state are the survey's
+    ca = districts[districts.state == 6]
+    np.testing.assert_allclose(ca["value"] / ca["value"].sum(),
+                               ca["original_value"] / ca["original_value"].sum(), rtol=1e-13)
+    # one factor per state, stored on every scaled target and in the reconciliation table
+    table = tdb.read_reconciliation(db)
+    snap_table = table[table.rule == "snap_households"]
+    assert snap_table["applied"].all() and len(snap_table) == 51
+    factor = districts.groupby("state")["reconciliation_factor"].agg(["min", "max"])
+    np.testing.assert_array_equal(factor["min"], factor["max"])
+    np.testing.assert_allclose(snap_table.set_index("parent")["factor"].loc[factor.index],
+                               factor["min"])
+    # the fixture's national "< $1" AGI band is positive, its states' sum negative: refused
+    refused = summary["reconciliation"].loc[~summary["reconciliation"]["applied"]]
+    assert refused["family"].tolist() == ["adjusted_gross_income/adjusted_gross_income<1"]
+    assert refused["reason"].str.startswith("children sum to").all()
+    assert [r.name for r in reconcile.RULES] == ["snap_households", "soi_agi_bands"]
+    # SOI: the states of each AGI band (2022) sum to the national band of 2023
+    gaps = tdb.hierarchy_gaps(db)
+    soi = gaps[gaps.parent_sources == "IRS SOI"].set_index("family")
+    assert len(soi) == 20 and (soi["parent_periods"] == "2023").all()
+    assert (soi["child_periods"] == "2022").all()
+    refused_family = "adjusted_gross_income/adjusted_gross_income<1|tax_unit_is_filer==1"
+    assert soi.loc[refused_family, "max_abs_rel_gap"] > 0.1
+    assert (soi.drop(refused_family)["max_abs_rel_gap"] < 1e-13).all()
+    assert gaps["max_abs_rel_gap"].drop(gaps.index[gaps.family == refused_family]).max() < 1e-13
+    st = t[(t.source == "IRS SOI") & (t.geo_level == "state") & (t.reconciliation_factor != 1)]
+    assert len(st) == 1020 - 51
+    # every other target is untouched
+    others = t.drop(districts.index).drop(st.index)
+    assert (others["reconciliation_factor"] == 1.0).all()
+
+
+def test_reconciliation_leaves_incomplete_parents_unscaled_with_a_reason():
+    from calibration_core.etl.reconcile import reconcile
+
+    snap = (("snap", ">", "0"),)
+    frame = pd.DataFrame({
+        "geo_level": ["state", "district", "district", "state", "district"],
+        "geo_id": [6, 601, 602, 2, 201], "period": [2024] * 5,
+        "variable": ["household_count"] * 5, "domain": [snap] * 5,
+        "source": ["USDA FNS SNAP", "Census ACS S2201", "Census ACS S2201", "Census ACS S2201",
+                   "Census ACS S2201"],
+    })
+    factors, report = reconcile(frame, np.array([300.0, 100.0, 50.0, 10.0, 8.0]))
+    # CA has 52 districts, only 2 present; AK's "anchor" is of the survey source: no anchor
+    np.testing.assert_array_equal(factors, 1.0)
+    assert report.set_index("parent")["reason"].to_dict() == {
+        2: "no anchor target", 6: "2 of 52 children present"}
