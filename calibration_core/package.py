@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from . import fit_rows
 from .geography import GeographyAssignment
 from .package_io import CalibrationPackage
 from .simulation import (COUNT_VARIABLES, GEO_CONSTRAINT_VARIABLES, StateSimulations,
@@ -71,10 +72,16 @@ def load_target_config(path: str | os.PathLike | None = None) -> dict:
 def validate_target_config(config: dict, source: str = "target config") -> None:
     if not isinstance(config, dict):
         raise PackageBuildError(f"{source}: expected a mapping with include/exclude/holdout")
-    unknown = set(config) - {"include", "exclude", "holdout", "description"}
+    unknown = set(config) - {"include", "exclude", "holdout", "description", "loss",
+                             "feasibility"}
     if unknown:
         raise PackageBuildError(f"{source}: unknown key(s) {sorted(unknown)}; "
-                                "expected include, exclude, holdout")
+                                "expected include, exclude, holdout, loss, feasibility")
+    try:
+        fit_rows.validate_loss_config(config.get("loss"), source)
+        fit_rows.validate_feasibility_config(config.get("feasibility"), source)
+    except fit_rows.FitRowsError as exc:
+        raise PackageBuildError(str(exc)) from None
     for key in ("include", "exclude", "holdout"):
         rules = config.get(key) or []
         if not isinstance(rules, list):
@@ -397,6 +404,32 @@ def assemble_matrix(targets: pd.DataFrame, sims: StateSimulations, geo: Geograph
                     "state_copies_used": 0 if copies is None else int(len(np.unique(copies)))}
 
 
+def fit_rows_metadata(ordered: pd.DataFrame, matrix: sp.csr_matrix, weights: np.ndarray,
+                      config: dict) -> dict:
+    """Add ``feasible``, ``exclusion_reason`` and ``loss_weight`` to ``ordered`` (in place;
+    :mod:`calibration_core.fit_rows`) and return the package metadata that reports them."""
+    bound = fit_rows.validate_feasibility_config(config.get("feasibility"))["max_weight_ratio"]
+    feasible, reason, _, high = fit_rows.feasibility(matrix, ordered["value"].to_numpy(float),
+                                                     weights, bound)
+    ordered["feasible"] = feasible
+    ordered["exclusion_reason"] = reason.astype(str)
+    fit = ordered["achievable"].to_numpy(bool) & feasible & ~ordered["holdout"].to_numpy(bool)
+    ordered["loss_weight"], groups = fit_rows.loss_weights(ordered, fit, config.get("loss"))
+    flagged = ~feasible & ordered["achievable"].to_numpy(bool)
+    excluded = ordered.loc[flagged]
+    return {
+        "max_weight_ratio": bound,
+        "infeasible_count": int(flagged.sum()),
+        "infeasible_by_reason": {k: int(v) for k, v in
+                                 excluded.groupby("exclusion_reason").size().items()},
+        "infeasible": [{"name": n, "reason": r, "value": float(v), "reach_high": float(h)}
+                       for n, r, v, h in zip(excluded["name"], excluded["exclusion_reason"],
+                                             excluded["value"], high[flagged])],
+        "loss_groups": [{k: (v if isinstance(v, str) else float(v)) for k, v in row.items()}
+                        for row in groups.to_dict("records")],
+    }
+
+
 def national_population_check(package: CalibrationPackage) -> dict:
     """Initial-weight estimate of the national population vs its target (person_count, national,
     no constraints; else the sum of the national age-bin rows). Keys: target, estimate,
@@ -440,7 +473,10 @@ def build_package(
     county_aware : each cell valued at its clone's county class (default); False: at its
         state's representative county (:func:`assemble_matrix`).
 
-    Rows with no non-zero entry are flagged ``achievable=False`` (the fit leaves them out).
+    Rows with no non-zero entry are flagged ``achievable=False``; rows no bounded non-negative
+    weights can meet get ``feasible=False`` and an ``exclusion_reason``; ``loss_weight`` is each
+    row's weight in the balanced loss (0 outside the fit). See :mod:`calibration_core.fit_rows`;
+    the fit leaves out every row that is not achievable, feasible and in-sample.
     """
     t0 = time.time()
     need = {"target_id", "stratum_id", "variable", "value", "geo_level", "geo_id", "domain"}
@@ -475,6 +511,7 @@ def build_package(
                                                        "/" + ordered["domain"], "")
     ordered["geo_id"] = ordered["geo_id"].astype(str)
     weights = np.tile(household_weight / geo.n_clones, geo.n_clones)
+    selection = fit_rows_metadata(ordered, matrix, weights, config)
     unachievable = ordered.loc[~ordered["achievable"], "name"].tolist()
     by_level = ordered.groupby("geo_level").size().to_dict()
     by_family = ordered.groupby(["family", "geo_level"]).size().unstack(fill_value=0)
@@ -492,6 +529,7 @@ def build_package(
         "assembly_seconds": round(t_asm, 3), "build_seconds": round(time.time() - t0, 3),
         "geography": geo.metadata, "state_invariant": sims.metadata.get("state_invariant", []),
         "takeup_rerandomised": list(sims.takeup_eligible),
+        **selection,
         "county": "clone" if county_aware else "representative",
         "state_copies_used": figures["state_copies_used"],
     }
