@@ -32,6 +32,7 @@ class WeightFitConfig(dg.Config):
     """Run config of a weight fit; unset values come from the build preset and the fit preset."""
 
     epochs: Optional[int] = None  # default: BuildSettings' regional_epochs / national_epochs
+    refit_epochs: Optional[int] = None  # default: the fit preset's (0 switches the refit off)
     resume: bool = True  # continue from this fit's checkpoint when it matches
     on_checkpoint_mismatch: str = "restart"  # "restart" (log and start afresh) or "error"
     checkpoint_every: int = 100
@@ -62,7 +63,7 @@ def _fit_asset(kind: str, context: dg.AssetExecutionContext, config: WeightFitCo
     overrides = {"epochs": int(epochs), "seed": int(seed),
                  "checkpoint_every": config.checkpoint_every, "log_every": config.log_every,
                  "lambda_l0": config.lambda_l0, "lambda_l2": config.lambda_l2,
-                 "learning_rate": config.learning_rate}
+                 "learning_rate": config.learning_rate, "refit_epochs": config.refit_epochs}
     package_dir = store.path(*PACKAGE)
     out_dir = store.folder("calibration", kind)
     store.sweep_temporaries(context, f"calibration/{kind}")
@@ -96,6 +97,13 @@ def _fit_asset(kind: str, context: dg.AssetExecutionContext, config: WeightFitCo
             "n_columns": summary["n_columns"],
             "n_fit_targets": summary["n_fit_targets"],
             "final_loss": dg.MetadataValue.float(summary["final_loss"]),
+            "loss_weights": summary.get("loss_weights", "uniform"),
+            "refit_epochs": (summary.get("refit") or {}).get("epochs", 0),
+            "mean_abs_rel_error_before_refit": dg.MetadataValue.float(
+                (summary.get("refit") or {}).get("before", {}).get(
+                    "mean_abs_rel_error", summary["mean_abs_rel_error"])),
+            "group_mean_abs_rel_error": dg.MetadataValue.json(
+                summary.get("group_mean_abs_rel_error", {})),
             "epochs": summary["epochs"],
             "epochs_per_second": dg.MetadataValue.float(timing["epochs_per_second"] or 0.0),
             "train_seconds": dg.MetadataValue.float(timing["train_seconds"]),

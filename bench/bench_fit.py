@@ -199,6 +199,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         hp = fit_preset(args.preset, epochs=args.worker_epochs, log_every=args.worker_epochs,
+                        refit_epochs=0,  # the L0 epochs only: the refit is timed apart
                         checkpoint_every=args.worker_epochs)
         worker(args.worker, Path(args.package), hp, args.device, args.threads,
                Path(args.result_dir))
@@ -218,7 +219,7 @@ def main(argv=None) -> int:
     for name in [s for s in args.sizes.split(",") if s]:
         folder = package_for(name, cache)
         epochs = args.epochs if name == "demo" else args.full_epochs
-        hp = fit_preset(args.preset, epochs=epochs)
+        hp = fit_preset(args.preset, epochs=epochs, refit_epochs=0)
         problem = FitProblem.from_package(load_package(folder), "-")
         nnz = int(problem.fit_matrix().nnz)
         prod_s, nbytes = product_seconds(problem, args.device)

@@ -28,7 +28,7 @@ def package_dir(tmp_path_factory):
 
 
 def _hp(**overrides):
-    base = dict(epochs=40, checkpoint_every=10, log_every=5)
+    base = dict(epochs=40, checkpoint_every=10, log_every=5, refit_epochs=0)  # L0 phase only
     base.update(overrides)
     return fit_preset("regional", **base)
 
