@@ -57,7 +57,7 @@ SAMPLE_AREAS = ("state-CA", "state-NY", "state-WY", "state-DC", "district-CA-12"
                 "city-NYC")
 REPORT_COLUMNS = [
     "area", "area_kind", "level", "geo_id", "target_name", "variable", "domain", "holdout",
-    "achievable", "target_value", "sim_value", "xw_value", "error", "rel_error",
+    "achievable", "exclusion_reason", "target_value", "sim_value", "xw_value", "error", "rel_error",
     "abs_rel_error", "xw_abs_diff", "xw_rel_diff", "consistent", "sanity_check",
     "sanity_reason",
 ]
@@ -446,6 +446,10 @@ def validate_areas(
                    else np.full(len(rows), "")),
         "holdout": targets["holdout"].to_numpy(bool)[rows],
         "achievable": targets["achievable"].to_numpy(bool)[rows],
+        # why the fit left the row out (calibration_core.fit_rows), "" for fitted/hold-out rows
+        "exclusion_reason": (targets["exclusion_reason"].astype(str).to_numpy()[rows]
+                             if "exclusion_reason" in targets.columns
+                             else np.full(len(rows), "", dtype=object)),
         "target_value": targets["value"].to_numpy(float)[rows],
         "sim_value": sim_value, "xw_value": xw,
     })
