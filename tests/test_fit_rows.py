@@ -173,3 +173,18 @@ def test_refit_lowers_the_data_loss_and_resumes_exactly(synthetic_dir, tmp_path)
     s2 = json.loads((tmp_path / "c" / fitmod.SUMMARY_FILE).read_text())
     s1.pop("checkpoint"), s2.pop("checkpoint")
     assert s1 == s2
+
+
+def test_more_l0_epochs_after_a_refit_continue_exactly(synthetic_dir, tmp_path):
+    """A checkpoint taken after a refit, resumed with more L0 epochs, drops the refit and ends
+    with the weights of a straight fit of that many epochs."""
+    hp = fit_preset("regional", epochs=20, refit_epochs=10, log_every=5, checkpoint_every=10,
+                    lambda_l0=1e-2)
+    run_fit(synthetic_dir, tmp_path / "a", hp, device="cpu", threads=THREADS)
+    longer = hp.replace(epochs=30)
+    resumed = run_fit(synthetic_dir, tmp_path / "a", longer, device="cpu", threads=THREADS)
+    assert resumed.timing["epochs_run"] == 10 and resumed.timing["refit_epochs_run"] == 10
+    straight = run_fit(synthetic_dir, tmp_path / "b", longer, device="cpu", threads=THREADS)
+    assert np.array_equal(np.load(tmp_path / "a" / fitmod.WEIGHTS_FILE),
+                          np.load(tmp_path / "b" / fitmod.WEIGHTS_FILE))
+    assert resumed.summary["refit"] == straight.summary["refit"]
