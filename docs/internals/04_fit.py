@@ -7,7 +7,7 @@ The fit finds one weight per clone-household column of the package so that ``X @
 targets, while switching most columns off. Each weight is ``w_j = exp(theta_j) * z_j`` with a
 Hard Concrete gate ``z_j`` in [0, 1] that is exactly 0 or exactly 1 with positive probability;
 the L0 penalty ``lambda_L0 * sum_j P(z_j != 0)`` is the expected number of active records. The
-loss, exactly as implemented (see the docstring of calibration_core/fit.py):
+loss, exactly as implemented (see the docstring of calibration_core/fit/__init__.py):
 
     L = sum_{i in F} ((X_i . w - y_i) / max(|y_i|, 1))^2
         + lambda_L0 * sum_j P(z_j != 0) + lambda_L2 * sum_j exp(theta_j)^2
