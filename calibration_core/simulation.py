@@ -78,7 +78,9 @@ DEFAULT_PROBE_HOUSEHOLDS = 12
 # deduction. With county classes the state simulations compute it at each class's county and
 # the area files carry that value as an input (assembly), so SNAP in the files equals the
 # matrix's; without it, 6 of 11,109 in-sample demo rows missed X.w by 0.5-1.65% (state SNAP).
-FROZEN_AT_CLASS: tuple[str, ...] = ("housing_assistance",)
+# The probe holds them at 0 (an input): classes need not follow fair market rents (probes with
+# housing assistance split one 3,000-household sample into 543 classes).
+FROZEN_AT_CLASS: dict[str, str] = {"housing_assistance": "spm_unit"}  # variable -> entity
 
 
 class SimulationError(ValueError):
@@ -1232,6 +1234,8 @@ def probe_signatures(tables: dict[str, pd.DataFrame], variables: Sequence[str],
     county = counties["county_fips"].to_numpy().astype("U5")
     states = counties["state"].to_numpy().astype(np.int64)
     sub = _subset_households(tables, probe_rows(tables, n_probes))
+    for v, e in FROZEN_AT_CLASS.items():  # held fixed: the files carry their class values
+        sub[e] = sub[e].assign(**{v: 0.0})
     stacked = stack_tables(sub, states.tolist(), county.tolist(), forced_true)
     sim = _microsimulation(stacked, year, kind="stacked")
     sim.router = StateRouter(sim, *_copies_layout(sub, states.tolist()), year)
@@ -1406,7 +1410,8 @@ def simulate_states(
             t_probe = time.time()
             cw = county_weights(county_table, population)
             parts = probe_parts(cw, workers if pool is not None else 1)
-            args = [(str(dataset_path), variables, part, year, forced, n_probes,
+            probed = [v for v in variables if v not in FROZEN_AT_CLASS]
+            args = [(str(dataset_path), probed, part, year, forced, n_probes,
                      probe_signature) for part in parts]
             if pool is None:
                 _simulation_classes()
