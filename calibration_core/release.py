@@ -55,7 +55,18 @@ VERSIONS_DIR = "versions"
 
 # Folders of ``<store>/areas`` that make up a release, and how many files a complete one has.
 RELEASE_FOLDERS: tuple[str, ...] = ("states", "districts", "cities", "national", "validation")
-EXPECTED_COUNTS: dict[str, int] = {"states": 51, "districts": 436, "cities": 1, "national": 1}
+AREA_FOLDERS: tuple[str, ...] = ("states", "districts", "cities", "national")
+
+
+def expected_counts() -> dict[str, int]:
+    """Files a complete release holds per area folder: 51 states, 436 districts, one file per
+    city of the city catalog (:func:`calibration_core.areas.all_areas`), one national file."""
+    from .areas import all_areas
+
+    counts = {"states": 0, "districts": 0, "cities": 0, "national": 1}
+    for area in all_areas():
+        counts[{"state": "states", "district": "districts", "city": "cities"}[area.kind]] += 1
+    return counts
 # Inputs hashed into the manifest: the raw manifest (which itself hashes every raw file), and
 # every file of the targets database and of the calibration folder (package, weights, ...).
 INPUT_FILES: tuple[str, ...] = ("raw/manifest.json",)
@@ -155,7 +166,7 @@ def file_entries(files: Mapping[str, Path]) -> dict[str, dict]:
 
 def release_counts(paths: Iterable[str]) -> dict[str, int]:
     """Number of ``.h5`` files per area folder (states, districts, cities, national)."""
-    counts = {kind: 0 for kind in EXPECTED_COUNTS}
+    counts = {kind: 0 for kind in AREA_FOLDERS}
     for rel in paths:
         parts = PurePosixPath(rel).parts
         if len(parts) == 2 and parts[0] in counts and parts[1].endswith(".h5"):
@@ -165,7 +176,7 @@ def release_counts(paths: Iterable[str]) -> dict[str, int]:
 
 def completeness_problems(counts: Mapping[str, int]) -> list[str]:
     return [f"{kind}: {counts.get(kind, 0)} file(s), expected {n}"
-            for kind, n in EXPECTED_COUNTS.items() if counts.get(kind, 0) != n]
+            for kind, n in expected_counts().items() if counts.get(kind, 0) != n]
 
 
 def input_digests(store_root: str | os.PathLike) -> dict[str, dict]:

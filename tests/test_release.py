@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from calibration_core import release as rel
+from calibration_core.areas import load_city_catalog
 from tests.release_fixtures import write_fixture_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,9 +46,12 @@ def test_stage_writes_a_complete_manifest_that_verifies(store, tmp_path):
     folder = _stage(store, release_root=tmp_path / "rel")
     manifest = rel.read_manifest(folder)
     assert folder.name == manifest["run_id"] == "0.1.0_b005aa26_20250102_030400"
-    assert manifest["counts"] == {"states": 51, "districts": 436, "cities": 1, "national": 1}
+    assert manifest["counts"] == rel.expected_counts()
+    assert manifest["counts"]["states"] == 51 and manifest["counts"]["districts"] == 436
+    assert manifest["counts"]["cities"] == len(load_city_catalog()) >= 2
     assert manifest["complete"] is True
-    assert manifest["file_count"] == 489 + 2  # 488 areas + national + validation summary + csv
+    # every area of the catalog + national + validation summary + csv
+    assert manifest["file_count"] == sum(rel.expected_counts().values()) + 2
     entry = manifest["files"]["districts/CA-12.h5"]
     assert entry["size"] == (store / "areas/districts/CA-12.h5").stat().st_size
     assert entry["sha256"] == rel.sha256_file(store / "areas/districts/CA-12.h5")

@@ -30,7 +30,7 @@ import pandas as pd
 from calibration_core import release as rel
 from calibration_core.areas import all_areas, all_area_keys
 from calibration_core.io_utils import sha256_file
-from calibration_core.raw_inputs import RAW_FILES
+from calibration_core.raw_inputs import RAW_FILES, fetch_from_pypi
 from tests.release_fixtures import release_test_defs, write_fixture_store
 from tests.targets_fixtures import write_raw_folder
 
@@ -92,12 +92,16 @@ from resources.raw_inputs import DirectoryProvider  # noqa: E402
 from resources.store import ArtifactStore  # noqa: E402
 
 # A user's raw folder (DirectoryProvider) must hold every required file under the names in
-# docs/data.md. The toy folder has the targets inputs in their real formats; the files the
-# targets stage does not read (CPS, crosswalks) are placeholders here.
+# docs/data.md, and raw_public_inputs validates each (format, columns, ranges, codes) before
+# it replaces anything in raw/. The toy folder has the targets inputs in their real formats;
+# the CPS files (checked against each other: one weight row per tax unit) and the files the
+# targets stage does not read (crosswalks ...) are the real ones from the pinned packages.
 raw_in = write_raw_folder(OUT / "raw_in")
+real_raw = OUT / "real_raw"
+fetch_from_pypi(real_raw)
 for f in RAW_FILES:
-    if f.required and not (raw_in / f.name).exists():
-        (raw_in / f.name).write_text("placeholder: not read by the targets stage\n")
+    if f.required and (f.name.startswith("cps") or not (raw_in / f.name).exists()):
+        shutil.copyfile(real_raw / f.name, raw_in / f.name)
 store_root = OUT / "store"
 resources = {"store": ArtifactStore(root=str(store_root)),
              "raw_inputs": DirectoryProvider(path=str(raw_in))}
@@ -141,8 +145,9 @@ from sensors import raw_inputs_changed, release_gate_sensor  # noqa: E402
 
 with dg.DagsterInstance.ephemeral() as instance:
     def raw_tick(cursor):
-        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
-        return raw_inputs_changed.evaluate_tick(context)
+        with dg.build_sensor_context(instance=instance, cursor=cursor,
+                                     resources=resources) as context:
+            return raw_inputs_changed.evaluate_tick(context)
 
     def describe(tick):
         if tick.run_requests:
@@ -152,8 +157,9 @@ with dg.DagsterInstance.ephemeral() as instance:
             return f"RunRequest {r.run_key} for build_all, tags {tags}"
         return f"skip: {tick.skip_message}"
 
-    # The store's raw/manifest.json was last written by the failed run of section 3 (with the
-    # broken agi_state.csv); the folder now holds the restored file, so a build is requested.
+    # The failed run of section 3 (the broken agi_state.csv) left raw/ and its manifest as
+    # they were (raw_public_inputs validates a file before it replaces anything), and the
+    # folder holds the restored file again: no change, no build. Editing a file requests one.
     first = raw_tick(None)
     print("first tick (no cursor):", describe(first))
     second = raw_tick(first.cursor)
