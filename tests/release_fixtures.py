@@ -1,5 +1,5 @@
-"""Small fixture stores in the real layout: 488 area H5 files, the national file, the validation
-summary and CSV under ``areas/``, plus the inputs (raw manifest, targets DB, package, weights)."""
+"""Small fixture stores in the real layout: every area H5 file (489 with the default city
+catalog), the national file, the validation summary and CSV under ``areas/``, plus the inputs (raw manifest, targets DB, package, weights)."""
 from __future__ import annotations
 
 import json
@@ -60,7 +60,7 @@ def release_test_defs(store_root: Path, check: dict, publisher=None) -> dg.Defin
     """Stub area assets (a blocking check whose result ``check["pass"]`` sets) plus the real
     release assets, jobs and sensors, on a store at ``store_root``. Like the real ones, the
     stubs record each file's sha256 in its materialization (``area_datasets`` partitioned by
-    area, built in one run over all 488 partitions), which staging checks the files against."""
+    area, built in one run over all area partitions), which staging checks the files against."""
     import dagster as dg
 
     from assets.release import published_release, staged_release

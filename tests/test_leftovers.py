@@ -212,7 +212,8 @@ def test_fit_asset_sweeps_stale_temporaries_and_completes_an_incomplete_folder(
                  "settings": BuildSettings(preset="tiny", regional_epochs=10, national_epochs=10),
                  "fitter": WeightFitter(mode="in_process", device="cpu", threads=1)}
     # the quality check of the incomplete folder fails and says why
-    check = fit_assets._quality_check("regional", fit_assets.FitQualityConfig(), store)
+    check = fit_assets._quality_check("regional", fit_assets.FitQualityConfig(), store,
+                                      BuildSettings(preset="demo"))
     assert not check.passed and "no fit_summary.json" in check.description
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize([fit_assets.regional_weights, fit_assets.regional_weights_fit_quality],

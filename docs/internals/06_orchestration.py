@@ -6,8 +6,8 @@ Run: ``python docs/internals/06_orchestration.py`` (about 40 s; toy inputs, no n
 The pipeline is a Dagster asset graph. This script shows, on toy inputs in a temporary store:
 
 1. the release run id ``{version}_{git sha[:8]}_{UTC YYYYMMDD_HHMMSS}``;
-2. the 488 area partitions and how a build splits into an unpartitioned run and batched
-   partition runs (backfills);
+2. the area partitions (489 with the default city catalog) and how a build splits into an
+   unpartitioned run and batched partition runs (backfills);
 3. a ``dg.materialize`` of ``raw_public_inputs -> targets_db`` with its asset checks, and a
    failed re-materialization that leaves the previous database in place;
 4. sensors evaluated with ``dg.build_sensor_context``: ``raw_inputs_changed`` (new raw files ->
@@ -54,7 +54,7 @@ except rel.ReleaseError as exc:
     print("check_run_id('latest') ->", exc)
 
 # ---------------------------------------------------------------------------------------------
-_walk.section("2. The 488 area partitions")
+_walk.section("2. The area partitions")
 areas = pd.DataFrame([vars(a) | {"file": a.relative_path} for a in all_areas()])
 _walk.show(areas.groupby("kind").agg(partitions=("key", "size"), first=("key", "first"),
                                      last=("key", "last"), example_file=("file", "first"))
@@ -194,7 +194,7 @@ with dg.DagsterInstance.ephemeral() as instance:
 
 # ---------------------------------------------------------------------------------------------
 _walk.section("5. Stage and promote a local release")
-# calibration_core.release on the fixture store of section 4: 488 area files, the national file
+# calibration_core.release on the fixture store of section 4: every area file, the national file
 # and a validation summary (tiny H5 files; tests/release_fixtures.py). The stage_release and
 # promote jobs call these same functions.
 store = gate_store  # the same fixture store
