@@ -7,7 +7,7 @@ the project, found by reading their ``import`` statements (no module is imported
 that its asset module imports but none of that module's ``code_version`` calls names is hashed
 into all of that module's assets (:func:`unclaimed_imports`). Assets that
 run policyengine-us simulations (``simulates=True``) also hash the installed policyengine-us
-version. A change to ``calibration_core/fit.py`` therefore makes the two weight fits stale
+version. A change to ``calibration_core/fit/`` therefore makes the two weight fits stale
 (and, through them, what depends on their data), never the calibration package; a fit
 hyper-parameter is run config, so a refit after changing one reuses the package as it is.
 """

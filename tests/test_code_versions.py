@@ -128,9 +128,9 @@ def _stale_after(graph, tmp_path, module_rel: str) -> tuple[set[str], set[str]]:
 
 
 def test_changing_the_fit_marks_the_fits_stale_not_the_package(graph, tmp_path):
-    own_code, stale = _stale_after(graph, tmp_path, "calibration_core/fit.py")
-    print("fit.py changed: own code", sorted(own_code), "stale", sorted(stale))
-    # fit.py is run by the two fits and read by the area assets (load_fit_weights)
+    own_code, stale = _stale_after(graph, tmp_path, "calibration_core/fit/_problem.py")
+    print("fit/_problem.py changed: own code", sorted(own_code), "stale", sorted(stale))
+    # the fit package is run by the two fits and read by the area assets (load_fit_weights)
     assert own_code == {"regional_weights", "national_weights", "area_datasets",
                         "national_dataset"}
     assert {"calibration_package", "state_simulations", "geography_assignment",
