@@ -63,11 +63,11 @@ area_partitions = dg.StaticPartitionsDefinition(all_area_keys())
 
 
 class AreaConfig(dg.Config):
-    # "matrix" (default): every household of a state in the one county its state's copy was
-    # simulated at (the representative-county mode, state_simulations without county classes);
-    # "clone": each household in the county drawn for its clone, which the package valued it
-    # at (exact with state_simulations' county_classes)
-    county: str = "matrix"
+    # "clone" (default): each household in the county drawn for its clone, which the package
+    # valued it at (exact with state_simulations' county_classes, the default); "matrix":
+    # every household of a state in the one county its state's copy was simulated at (the
+    # representative-county mode, with county_classes off)
+    county: str = "clone"
 
 
 class ValidationConfig(dg.Config):

@@ -47,7 +47,7 @@ class StateSimulationsConfig(dg.Config):
     max_households_per_chunk: int = simu.DEFAULT_CHUNK_HOUSEHOLDS  # bounds memory per worker
     # one state copy per county class (a probe finds the classes; exact X.w with every
     # household in its own county); False: one copy per state at its most populous county
-    county_classes: bool = False
+    county_classes: bool = True
     probe_households: int = simu.DEFAULT_PROBE_HOUSEHOLDS
 
 
