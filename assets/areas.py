@@ -28,7 +28,7 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
-from assets._metadata import markdown_table as _md
+from assets._metadata import markdown_table as _md, measured
 from assets._code_version import code_version
 from calibration_core import assembly as asm
 from calibration_core import national_check
@@ -170,6 +170,7 @@ def run_partition_keys(context) -> list[str]:
         "reproduces X·w. Partitions are built in batches: the base data is loaded once per run."
     ),
 )
+@measured
 def area_datasets(context: dg.AssetExecutionContext, config: AreaConfig, store: ArtifactStore):
     keys = list(context.partition_keys)
     t0 = time.perf_counter()
@@ -284,6 +285,7 @@ def area_files_valid(context: dg.AssetCheckExecutionContext,
         "area files."
     ),
 )
+@measured
 def national_dataset(context: dg.AssetExecutionContext, config: AreaConfig,
                      store: ArtifactStore) -> dg.MaterializeResult:
     t0 = time.perf_counter()
@@ -314,6 +316,7 @@ def national_dataset(context: dg.AssetExecutionContext, config: AreaConfig,
         "states per simulation, the national file split by state), not one per file."
     ),
 )
+@measured
 def validation_report(context: dg.AssetExecutionContext, config: ValidationConfig,
                       store: ArtifactStore, settings: BuildSettings) -> dg.MaterializeResult:
     t0 = time.perf_counter()

@@ -17,6 +17,7 @@ import dagster as dg
 import pandas as pd
 
 from assets._code_version import code_version
+from assets._metadata import measured
 from calibration_core.fit import (DIAGNOSTICS_FILE, PLOT_FILE, WEIGHTS_FILE, FitError,
                                   read_fit_outputs)
 from calibration_core.io_utils import stable_seed
@@ -163,6 +164,7 @@ _COMMON = dict(
         "in-sample target of the package (preset `regional`: λ_L0 1e-7, λ_L2 1e-8, β 0.65, "
         "lr 0.15), with diagnostics, a per-epoch log, a plot and its own checkpoint."),
 )
+@measured
 def regional_weights(context: dg.AssetExecutionContext, config: WeightFitConfig,
                      store: ArtifactStore, settings: BuildSettings,
                      fitter: WeightFitter) -> dg.MaterializeResult:
@@ -175,6 +177,7 @@ def regional_weights(context: dg.AssetExecutionContext, config: WeightFitConfig,
         "`calibration/national/`: the national fit (preset `national`: λ_L0 2e-2, λ_L2 1e-12, "
         "β 0.65, lr 0.15): far fewer active records, for the national file; its own checkpoint."),
 )
+@measured
 def national_weights(context: dg.AssetExecutionContext, config: WeightFitConfig,
                      store: ArtifactStore, settings: BuildSettings,
                      fitter: WeightFitter) -> dg.MaterializeResult:

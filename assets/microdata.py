@@ -10,6 +10,7 @@ import dagster as dg
 import pandas as pd
 
 from assets._code_version import code_version
+from assets._metadata import measured
 from calibration_core import microdata as md
 from calibration_core.h5_dataset import read_dataset, write_dataset
 from calibration_core.microdata_parts import takeup_inputs
@@ -72,6 +73,7 @@ def _dataset_metadata(store: ArtifactStore, path, tables, seconds: float) -> dic
         "fails here, naming the file and the column."
     ),
 )
+@measured
 def cps_source(context: dg.AssetExecutionContext, config: CpsSourceConfig,
                store: ArtifactStore) -> dg.MaterializeResult:
     start = time.perf_counter()
@@ -107,6 +109,7 @@ def cps_source(context: dg.AssetExecutionContext, config: CpsSourceConfig,
         "post-stratified to ACS S0101 2024 state populations."
     ),
 )
+@measured
 def base_microdata(context: dg.AssetExecutionContext, config: BaseConfig,
                    store: ArtifactStore) -> dg.MaterializeResult:
     start = time.perf_counter()
@@ -153,6 +156,7 @@ def base_microdata(context: dg.AssetExecutionContext, config: BaseConfig,
         "`microdata/enhanced_2024.h5`."
     ),
 )
+@measured
 def enhanced_microdata(context: dg.AssetExecutionContext,
                        store: ArtifactStore) -> dg.MaterializeResult:
     start = time.perf_counter()
@@ -182,6 +186,7 @@ def enhanced_microdata(context: dg.AssetExecutionContext,
         "once per entity (`takeup.<input>` keys). `microdata/stratified_2024.h5`."
     ),
 )
+@measured
 def stratified_microdata(context: dg.AssetExecutionContext, store: ArtifactStore,
                          settings: BuildSettings) -> dg.MaterializeResult:
     start = time.perf_counter()

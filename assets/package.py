@@ -16,7 +16,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from assets._metadata import markdown_table as _md
+from assets._metadata import markdown_table as _md, measured
 from assets._code_version import code_version
 from calibration_core import geography as geo_mod
 from calibration_core import package as pkg
@@ -78,6 +78,7 @@ class PackageConfig(dg.Config):
         "Take-up-gated variables hold eligible values; the package applies seeded take-up."
     ),
 )
+@measured
 def state_simulations(context: dg.AssetExecutionContext, config: StateSimulationsConfig,
                       store: ArtifactStore) -> dg.MaterializeResult:
     targets, constraints = _inputs(store)
@@ -134,6 +135,7 @@ def state_simulations(context: dg.AssetExecutionContext, config: StateSimulation
         "clone)."
     ),
 )
+@measured
 def geography_assignment(context: dg.AssetExecutionContext, config: GeographyConfig,
                          store: ArtifactStore, settings: BuildSettings) -> dg.MaterializeResult:
     preset = settings.resolve()
@@ -180,6 +182,7 @@ def geography_assignment(context: dg.AssetExecutionContext, config: GeographyCon
         "and metadata with every input's sha256."
     ),
 )
+@measured
 def calibration_package(context: dg.AssetExecutionContext, config: PackageConfig,
                         store: ArtifactStore) -> dg.MaterializeResult:
     start = time.perf_counter()

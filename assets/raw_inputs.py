@@ -4,6 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from assets._code_version import code_version
+from assets._metadata import measured
 from calibration_core.raw_inputs import manifest_fingerprint
 from resources.raw_inputs import RawInputProvider
 from resources.store import ArtifactStore
@@ -23,6 +24,7 @@ from resources.store import ArtifactStore
         "naming the file and the row or key, and leaves `raw/` and its manifest unchanged."
     ),
 )
+@measured
 def raw_public_inputs(
     context: dg.AssetExecutionContext, store: ArtifactStore, raw_inputs: RawInputProvider
 ) -> dg.MaterializeResult:

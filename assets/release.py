@@ -22,6 +22,7 @@ import dagster as dg
 import pandas as pd
 
 from assets._code_version import code_version
+from assets._metadata import measured
 from calibration_core import release as rel
 from calibration_core.areas import parse_area_key
 from resources.publisher import Publisher
@@ -256,6 +257,7 @@ class StageConfig(dg.Config):
         "check of the latest build passed."
     ),
 )
+@measured
 def staged_release(context: dg.AssetExecutionContext, config: StageConfig, store: ArtifactStore,
                    publisher: Publisher, settings: BuildSettings):
     if _skip_outside(context, STAGE_JOB):
@@ -304,6 +306,7 @@ def staged_release(context: dg.AssetExecutionContext, config: StageConfig, store
         "Materialized only by the manual `promote` job."
     ),
 )
+@measured
 def published_release(context: dg.AssetExecutionContext, store: ArtifactStore,
                       publisher: Publisher):
     if _skip_outside(context, PROMOTE_JOB):

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets._metadata import markdown_table as _md
+from assets._metadata import markdown_table as _md, measured
 from assets._code_version import code_version
 from calibration_core import targets_db as tdb
 from resources.store import ArtifactStore
@@ -23,6 +23,7 @@ DB_PARTS = ("targets", "targets.db")
         "renamed: a failed build leaves the previous database untouched."
     ),
 )
+@measured
 def targets_db(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
     db_path = store.path(*DB_PARTS)
     summary = tdb.build_targets_db(store.raw_dir, db_path)

@@ -49,3 +49,16 @@ def test_generator_keeps_its_events_and_costs_its_batch_event():
         own = sorted(e.metadata["own"].value for e in events if "own" in e.metadata)
         assert own == ["a", "b"] and with_cost and all("own" not in e.metadata
                                                        for e in with_cost)
+
+
+def test_every_asset_of_the_project_reports_its_cost():
+    """Each asset of definitions.py is wrapped by ``measured`` (a new asset without it fails)."""
+    from definitions import defs
+
+    unmeasured = []
+    for asset in defs.assets:
+        fn = asset.op.compute_fn.decorated_fn
+        if getattr(fn, "__wrapped__", None) is None or fn.__qualname__ != \
+                fn.__wrapped__.__qualname__ or "measured" not in fn.__code__.co_qualname:
+            unmeasured.append(asset.op.name)
+    assert unmeasured == []
