@@ -226,7 +226,10 @@ def separate(small_dataset, county_table, stacked):
 
 @pytest.mark.slow
 def test_stacked_equals_separate_state_simulations(stacked, separate):
-    assert stacked.metadata["chunks"] == [[2, 36], [48, 6]]
+    # two chunks (workers=2) that together hold every state once; which state goes where is
+    # plan_chunks' business (county classes balance them)
+    chunks = stacked.metadata["chunks"]
+    assert len(chunks) == 2 and sorted(s for c in chunks for s in c) == sorted(STATES)
     # policyengine-us starts once per process: nothing is paid before the second chunk
     start = stacked.metadata["start_seconds"]
     assert len(start) == 2 and start[0] >= 0 and start[1] < 0.5
