@@ -58,19 +58,15 @@ def step_cost(start: _Usage) -> dict[str, dg.MetadataValue]:
 
 
 def _with_cost(event, start: _Usage):
-    if isinstance(event, (dg.MaterializeResult, dg.Output)):
-        cost = step_cost(start)
-        if isinstance(event, dg.Output):
-            return event.with_metadata({**(event.metadata or {}), **cost})
-        return event._replace(metadata={**(event.metadata or {}), **cost})
+    if isinstance(event, dg.MaterializeResult):
+        return event._replace(metadata={**(event.metadata or {}), **step_cost(start)})
     return event
 
 
 def measured(fn):
-    """Decorate an asset function (under ``@dg.asset``) so that the result it returns, or every
-    ``MaterializeResult``/``Output`` it yields, carries :func:`step_cost` metadata measured from
-    the call's start to that event. Other events (per-partition ``AssetMaterialization``s)
-    pass unchanged. The signature Dagster inspects (context, config, resources) is the
+    """Decorate an asset function (under ``@dg.asset``) so that the ``MaterializeResult`` it
+    returns, or each one it yields, carries :func:`step_cost` metadata measured from the call's
+    start to that event. Other events (per-partition ``AssetMaterialization``s) pass unchanged. The signature Dagster inspects (context, config, resources) is the
     function's own (``functools.wraps``)."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
