@@ -269,9 +269,9 @@ def staged_release(context: dg.AssetExecutionContext, config: StageConfig, store
     started = time.time()
     version = config.version or rel.project_version()
     sha, dirty = rel.git_state()
-    run_id = rel.make_run_id(version, sha)
     preset = dataclasses.asdict(settings.resolve())
     release_root = store.folder("release")
+    run_id = rel.unused_run_id(Path(release_root) / rel.VERSIONS_DIR, version, sha)
     recorded = recorded_digests(context.instance, Path(store.root) / "areas")
     folder = rel.stage_release(store.root, run_id, config=preset, version=version, git_sha=sha,
                                git_dirty=dirty, release_root=release_root,

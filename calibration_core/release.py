@@ -123,6 +123,24 @@ def make_run_id(version: str, git_sha: str | None, when: _dt.datetime | None = N
     return f"{version}_{sha}_{stamp}"
 
 
+def unused_run_id(versions_dir: str | os.PathLike, version: str, git_sha: str | None,
+                  when: _dt.datetime | None = None) -> str:
+    """:func:`make_run_id` for ``when`` (default now), moved on a second at a time past ids that
+    already have a folder (or a hidden staging folder) in ``versions_dir``.
+
+    Two stages started within the same UTC second would otherwise share an id, and the second
+    would fail with "already exists". Raises ReleaseError if no id is free within an hour.
+    """
+    when = when or _dt.datetime.now(_dt.timezone.utc)
+    versions = Path(versions_dir)
+    taken = {p.name for p in versions.iterdir()} if versions.is_dir() else set()
+    for offset in range(3600):
+        run_id = make_run_id(version, git_sha, when + _dt.timedelta(seconds=offset))
+        if run_id not in taken and not any(name.startswith(f".{run_id}.") for name in taken):
+            return run_id
+    raise ReleaseError(f"{versions}: no free run id within an hour of {when:%Y-%m-%d %H:%M:%S}")
+
+
 def check_run_id(run_id: str) -> str:
     if not RUN_ID_RE.fullmatch(run_id or ""):
         raise ReleaseError(f"run id {run_id!r} is not of the form version_sha8_YYYYMMDD_HHMMSS")

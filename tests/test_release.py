@@ -42,6 +42,19 @@ def test_run_id_format():
         rel.make_run_id("1.2.3", "abcdef01", dt.datetime(2025, 1, 1))
 
 
+def test_two_stages_in_the_same_second_get_different_run_ids(tmp_path):
+    when = dt.datetime(2025, 7, 31, 23, 59, 59, tzinfo=dt.timezone.utc)
+    versions = tmp_path / "versions"
+    first = rel.unused_run_id(versions, "1.2.3", "abcdef01", when)
+    assert first == "1.2.3_abcdef01_20250731_235959"
+    (versions / first).mkdir(parents=True)
+    # a stage still copying into its hidden folder holds its id too
+    (versions / ".1.2.3_abcdef01_20250801_000000.p123.abcdefgh").mkdir()
+    second = rel.unused_run_id(versions, "1.2.3", "abcdef01", when)
+    assert second == "1.2.3_abcdef01_20250801_000001"
+    assert rel.check_run_id(second) == second
+
+
 def test_stage_writes_a_complete_manifest_that_verifies(store, tmp_path):
     folder = _stage(store, release_root=tmp_path / "rel")
     manifest = rel.read_manifest(folder)
