@@ -72,15 +72,16 @@ def write_s0101(raw: Path) -> None:
 
 
 def write_s2201(raw: Path) -> None:
-    header = ["GEO_ID", "NAME", "S2201_C01_001E", "S2201_C03_001E", "S2201_C03_001M", "state",
-              "congressional district"]
+    header = ["GEO_ID", "NAME", "S2201_C01_001E", "S2201_C03_001E", "S2201_C03_001M",
+              "S2201_C01_021E", "state", "congressional district"]
     rows = []
     for g in DISTRICTS:
         code = census_district_code(g)
         rows.append([f"5001900US{code:04d}", f"District {g}", str(300000 + g),
-                     str(30000 + g), "900", f"{g // 100:02d}", f"{code % 100:02d}"])
-    rows.append(["5001900US09ZZ", "District (at Large) ZZ, Connecticut", "0", "0", "0", "09",
-                 "ZZ"])
+                     str(30000 + g), "900", str(40000 + g), f"{g // 100:02d}",
+                     f"{code % 100:02d}"])
+    rows.append(["5001900US09ZZ", "District (at Large) ZZ, Connecticut", "0", "0", "0", "0",
+                 "09", "ZZ"])
     write_census_json(raw / "acs_S2201_district_2024.json", header, rows)
 
 

@@ -45,14 +45,19 @@ def test_state_and_national_sum_of_districts(raw):
     assert by_level["district"] == by_level["state"] == by_level["national"]
 
 
-def test_s2201_snap_and_all_households(raw):
+def test_s2201_snap_poverty_and_all_households(raw):
     t = acs_snap.extract(raw).targets
-    assert len(t) == 2 * 436 and set(t["geo_level"]) == {"district"}
+    assert len(t) == 3 * 436 and set(t["geo_level"]) == {"district"}
     snap = t[t["domain"] == (("snap", ">", "0"),)]
     assert len(snap) == 436
     assert snap.set_index("geo_id").loc[612, "value"] == 30000 + 612
     total = t[t["domain"] == ()]
     assert (total.set_index("geo_id")["value"] > snap.set_index("geo_id")["value"]).all()
+    # S2201_C01_021E: households below the poverty level, cash income under the HHS guideline
+    poor = t[t["domain"] == (("school_meal_fpg_ratio", "<", "1"),)]
+    assert len(poor) == 436 and (poor["variable"] == "household_count").all()
+    assert poor.set_index("geo_id").loc[612, "value"] == 40000 + 612
+    assert poor["notes"].str.startswith("S2201_C01_021E").all()
 
 
 def _rewrite(path, edit):

@@ -26,7 +26,7 @@ def built(tmp_path_factory):
 
 def test_summary_counts_and_geographies(built):
     _, db, summary = built
-    assert summary["targets"] == 18 * 488 + 2 * 436 + 102 + 51 + 1020 + 40 + 102
+    assert summary["targets"] == 18 * 488 + 3 * 436 + 102 + 51 + 1020 + 40 + 102
     assert summary["by_level"]["national"] == 18 + 40
     assert tdb.geography_counts(db) == {"national": 1, "state": 51, "district": 436}
     assert summary["sha256"] == tdb.sha256_file(db)
@@ -41,7 +41,8 @@ def test_schema_tables_and_views(built):
     assert {"strata", "stratum_constraints", "targets", "sources", "growth_index",
             "target_overview", "stratum_domain", "idx_targets_stratum"} <= names
     assert overview["domain_variable"].isin(
-        ["age", "snap", "medicaid_enrolled", "adjusted_gross_income", "eitc", None]).all()
+        ["age", "snap", "medicaid_enrolled", "adjusted_gross_income", "eitc",
+         "school_meal_fpg_ratio", None]).all()
     assert len(sources) == 9 and sources["sha256"].str.len().eq(64).all()
 
 
@@ -91,7 +92,7 @@ def test_read_targets_columns_and_period_selection(built):
     nat_soi = t[(t.source == "IRS SOI") & (t.geo_level == "national")]
     assert len(nat_soi) == 20 and set(nat_soi["period"]) == {2023}
     assert set(t["domain"]) == {"age", "snap", "", "medicaid_enrolled",
-                                "adjusted_gross_income", "eitc"}
+                                "adjusted_gross_income", "eitc", "school_meal_fpg_ratio"}
     assert (t.loc[t.domain == "", "variable"] == "household_count").all()
     t2022 = tdb.read_targets(db, year=2022)
     assert set(t2022.loc[(t2022.source == "IRS SOI") & (t2022.geo_level == "national"),
@@ -148,7 +149,7 @@ def test_policyengine_variable_names_from_source_tree():
     assert len(names) > 5000
     assert {"person_count", "household_count", "tax_unit_count", "age", "snap", "eitc",
             "adjusted_gross_income", "tax_unit_is_filer", "medicaid_enrolled", "state_fips",
-            "congressional_district_geoid"} <= names
+            "congressional_district_geoid", "school_meal_fpg_ratio"} <= names
     assert "ucgid_str" not in names and "not_a_policyengine_variable" not in names
 
 
