@@ -90,7 +90,8 @@ _walk.show(stacked["household"][["household_id", "state_fips", "county_fips"]])
 _walk.section("3. Toy state simulations (shapes of simulate_states' result)")
 # Invariant variables: one value per entity. State-dependent ones: (51, n_entity), rows in
 # STATE_ORDER. Toy rules (not policyengine-us's): SNAP larger in Alaska and Hawaii, Medicaid
-# eligibility up to 20k of income in some states and 8k in the others.
+# eligibility up to 20k of income in some states and 8k in the others, the SPM unit's income
+# over the 2024 HHS poverty guideline for its size (the ACS poverty family's constraint).
 structure = sim.Structure.from_tables(tables)
 person = tables["person"]
 income = (person["employment_income"] + person["taxable_interest_income"]).to_numpy()
@@ -101,6 +102,8 @@ spm_income = np.bincount(structure.person_index["spm_unit"], weights=income, min
 states = np.asarray(sim.STATE_ORDER)
 snap_scale = np.where(np.isin(states, [STATE_FIPS["AK"], STATE_FIPS["HI"]]), 1.5, 1.0)
 snap = np.maximum(0.0, 3_000 - 0.3 * spm_income)[None, :] * snap_scale[:, None]
+spm_size = np.bincount(structure.person_index["spm_unit"], minlength=n_spm)
+fpg_ratio = spm_income / (15_060.0 + 5_380.0 * (spm_size - 1))
 generous = (states % 2 == 0)[:, None]
 p_income = income[None, :]
 medicaid = np.where(generous, p_income < 20_000, p_income < 8_000) & (person["age"].to_numpy()
@@ -108,13 +111,15 @@ medicaid = np.where(generous, p_income < 20_000, p_income < 8_000) & (person["ag
 sims = sim.StateSimulations(
     structure, tables["household"]["state_fips"].to_numpy(),
     entity={"age": "person", "adjusted_gross_income": "tax_unit", "tax_unit_is_filer":
-            "tax_unit", "eitc": "tax_unit", "snap": "spm_unit", "medicaid_enrolled": "person"},
+            "tax_unit", "eitc": "tax_unit", "snap": "spm_unit", "medicaid_enrolled": "person",
+            "school_meal_fpg_ratio": "spm_unit"},
     invariant={"age": person["age"].to_numpy(), "adjusted_gross_income": agi,
                "tax_unit_is_filer": agi > 14_600,
-               "eitc": np.where((agi > 0) & (agi < 40_000), 800.0, 0.0)},
+               "eitc": np.where((agi > 0) & (agi < 40_000), 800.0, 0.0),
+               "school_meal_fpg_ratio": fpg_ratio},
     by_state={"snap": snap, "medicaid_enrolled": medicaid},
     dependence={"age": [], "adjusted_gross_income": [], "tax_unit_is_filer": [], "eitc": [],
-                "snap": ["*"], "medicaid_enrolled": ["*"]},
+                "school_meal_fpg_ratio": [], "snap": ["*"], "medicaid_enrolled": ["*"]},
     takeup_eligible=["medicaid_enrolled", "snap"])
 missing = set(variables) - set(sims.variables)
 assert not missing, f"toy simulations lack {missing}"
