@@ -21,12 +21,12 @@ closest variable is ``school_meal_fpg_ratio`` (SPM unit): ``school_meal_countabl
 gross cash income of 7 CFR 245.6: the OPM's sources but farm income and alimony) divided by
 ``spm_unit_fpg``, the HHS poverty guideline for the unit's size (2024: $15,060 + $5,380 per
 further person in the 48 states and DC; Alaska $18,810 + $6,730, Hawaii $17,310 + $6,190:
-policyengine-us ``gov.hhs.fpg``), which HHS derives from the
-previous year's Census thresholds. Three differences remain: the guideline has one line per size
-where the thresholds vary with the number of children and the householder's age; the SPM unit of the microdata is the
-CPS family (``taxcalc_cps``: the file has no SPM unit id); and a household counts when any of its
-members is in a unit below the line (package constraints qualify an entity through any member),
-where ACS looks at the householder's family only. The national totals this gives are measured in
+policyengine-us ``gov.hhs.fpg``), which HHS derives from the previous year's Census
+thresholds. Three differences remain: the guideline has one line per size where the thresholds
+vary with the number of children and the householder's age; the SPM unit of the microdata is
+the CPS family (``taxcalc_cps``: the file has no SPM unit id); and a household counts when any
+of its members is in a unit below the line (package constraints qualify an entity through any
+member), where ACS looks at the householder's family only. The national totals this gives are measured in
 docs/methodology.md ("Targets and their sources"); the default target config scores the family
 as a hold-out (``target_config.yaml``).
 """
