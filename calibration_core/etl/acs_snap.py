@@ -26,9 +26,9 @@ thresholds. Three differences remain: the guideline has one line per size where 
 vary with the number of children and the householder's age; the SPM unit of the microdata is
 the CPS family (``taxcalc_cps``: the file has no SPM unit id); and a household counts when any
 of its members is in a unit below the line (package constraints qualify an entity through any
-member), where ACS looks at the householder's family only. The national totals this gives are measured in
-docs/methodology.md ("Targets and their sources"); the default target config scores the family
-as a hold-out (``target_config.yaml``).
+member), where ACS looks at the householder's family only. The national totals this gives
+are measured in docs/methodology.md ("Targets and their sources"); the default target config
+scores the family as a hold-out (``target_config.yaml``).
 """
 from __future__ import annotations
 
