@@ -118,6 +118,8 @@ def state_simulations(context: dg.AssetExecutionContext, config: StateSimulation
         "county_classes": dg.MetadataValue.json(
             {k: v for k, v in m["county_classes"].items() if v > 1}),
         "probe_seconds": m["probe_seconds"],
+        # computed in every county class; the others once per state (the default copy)
+        "county_dependent": ", ".join(m.get("county_dependent", [])) or "(none)",
         "sha256": digest,
     }, data_version=dg.DataVersion(digest[:32]))
 

@@ -16,8 +16,14 @@ CPS file) and the same variables (those the targets DB needs), times
 * with ``--compare-unrouted CHUNK``, also ours without :class:`~calibration_core.simulation.
   StateRouter` (each state's own rules on every stacked row, as policyengine-core runs them) in
   chunks of CHUNK households - the previous default was 6,000, the best chunk without routing;
-* with ``--compare-county-classes``, ours (one state copy per county class, the default) against
-  ours with one copy per state at its most populous county (``county_classes=False``).
+* with ``--compare-county-classes``, ours (one state copy per county class, the default:
+  probe, then every variable in each state's default copy and the county-dependent ones in
+  its other classes) against ours with one copy per state at its most populous county
+  (``county_classes=False``, the representative-county mode), one after the other in this
+  command; a table gives wall and CPU seconds (this process and every worker task,
+  policyengine-us starts included), the probe's share, state copies and their ratios, and the
+  classes per state. The demo build's own figures: ``--n 3000 --skip-reference
+  --compare-county-classes`` (2 workers, chunk 26,000, as the asset runs).
 
 Ours always runs all 51 states. The reference runs in a fresh process (its one-off start-up is
 counted, as in the reference) on ``--ref-states K`` states (default 51); with K < 51 its
@@ -93,6 +99,46 @@ def reference_loop(path: Path, variables, states, counties, engine: str) -> dict
     return {"seconds": time.perf_counter() - t0, "per_state": per_state}
 
 
+def timed_run(path, variables, county, population, states, args, county_classes=True):
+    """simulate_states once: (result, figures) - wall and CPU seconds (this process plus every
+    worker's tasks, their policyengine-us starts included), copies, probe."""
+    t, cpu = time.perf_counter(), time.process_time()
+    sims = simu.simulate_states(path, variables, county, population, states=states,
+                                max_households_per_chunk=args.chunk, workers=args.workers,
+                                county_classes=county_classes,
+                                log=lambda msg: print("   ", msg, flush=True))
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+    m = sims.metadata
+    workers_cpu = sum(m.get("chunk_cpu_seconds", [])) + m.get("probe_cpu_seconds", 0.0)
+    return sims, {
+        "wall s": wall, "CPU s": cpu + workers_cpu,
+        "probe wall s": m.get("probe_seconds", 0.0),
+        "probe CPU s": m.get("probe_cpu_seconds", 0.0),
+        "chunks": len(m["chunks"]), "chunk wall s (sum)": sum(m["chunk_seconds"]),
+        "state copies": m["state_copies"], "classes": m["county_classes"],
+        "county-dependent": m.get("county_dependent", []),
+        "load": os.getloadavg()[0]}
+
+
+def county_class_table(n: int, on: dict, off: dict, args) -> str:
+    """The --compare-county-classes table (county classes ON against one copy per state)."""
+    rows = ["wall s", "CPU s", "probe wall s", "probe CPU s", "chunk wall s (sum)", "chunks",
+            "state copies", "load"]
+    table = pd.DataFrame({
+        "county classes (default)": [on[r] for r in rows],
+        "one copy per state": [off[r] for r in rows],
+        "ratio": [on[r] / off[r] if off[r] else float("nan") for r in rows]}, index=rows)
+    split = {k: v for k, v in on["classes"].items() if v > 1}
+    lines = [f"county classes vs one copy per state: {n:,} households, 51 states, "
+             f"chunk {args.chunk:,}, {args.workers} workers, {os.cpu_count()} CPUs "
+             "(load: 1-minute load average at the end of the run)",
+             table.to_string(float_format=lambda x: f"{x:,.2f}"),
+             f"classes per state ({on['state copies']} state copies; "
+             f"{51 - len(split)} states with one class): {split}",
+             f"computed in every class (county-dependent): {on['county-dependent']}"]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--raw", type=Path, required=True, help="raw folder (raw_public_inputs)")
@@ -125,35 +171,24 @@ def main(argv=None) -> None:
     counties = simu.representative_counties(county, population)
     states = list(simu.STATE_ORDER)
     ref_states = states if args.ref_states >= 51 else list(SAMPLE_ORDER[: args.ref_states])
-    rows = []
+    rows, comparisons = [], []
     for n in args.n:
         path = work / f"households_{n}.h5"
         if not path.exists():
             make_dataset(args.raw, n, path)
         print(f"[{n}] ours: simulate_states, 51 states, chunk {args.chunk}, "
               f"{args.workers} workers", flush=True)
-        t = time.perf_counter()
-        sims = simu.simulate_states(path, variables, county, population, states=states,
-                                    max_households_per_chunk=args.chunk, workers=args.workers,
-                                    log=lambda m: print("   ", m, flush=True))
-        ours_wall = time.perf_counter() - t
+        sims, ours = timed_run(path, variables, county, population, states, args)
         m = sims.metadata
+        ours_wall = ours["wall s"]
         # the traced chunk and each worker's policyengine-us start included
         ours_cpu = sum(m["chunk_seconds"]) + sum(m["start_seconds"])
-        if args.compare_county_classes:  # today's one copy per state against county classes
+        if args.compare_county_classes:  # county classes against one copy per state
             print(f"[{n}] ours with one copy per state (county_classes=False)", flush=True)
-            t = time.perf_counter()
-            one = simu.simulate_states(path, variables, county, population, states=states,
-                                       max_households_per_chunk=args.chunk,
-                                       workers=args.workers, county_classes=False,
-                                       log=lambda m: print("   ", m, flush=True))
-            one_wall = time.perf_counter() - t
-            one_cpu = sum(one.metadata["chunk_seconds"]) + sum(one.metadata["start_seconds"])
-            split = {k: v for k, v in m["county_classes"].items() if v > 1}
-            print(f"[{n}] county classes: {m['state_copies']} state copies (classes > 1: "
-                  f"{split}); probe {m['probe_seconds']:.1f} s. Wall {ours_wall:.1f} s against "
-                  f"{one_wall:.1f} s with one copy per state: {ours_wall / one_wall:.2f}x; "
-                  f"chunk CPU {ours_cpu:.1f} s against {one_cpu:.1f} s", flush=True)
+            _, one = timed_run(path, variables, county, population, states, args,
+                               county_classes=False)
+            comparisons.append(county_class_table(n, ours, one, args))
+            print(comparisons[-1], flush=True)
         unrouted = {}
         if args.compare_unrouted:
             print(f"[{n}] ours without routing: chunk {args.compare_unrouted}", flush=True)
@@ -224,6 +259,9 @@ def main(argv=None) -> None:
         print(f"reference ran states {ref_states}; its 51-state time is extrapolated: first "
               "state (incl. start-up) + mean of the rest x 50")
     print(table.T.to_string(header=False))
+    for text in comparisons:
+        print()
+        print(text)
 
 
 if __name__ == "__main__":

@@ -242,6 +242,38 @@ def classify_state_dependence(
     return out
 
 
+def county_dependent_variables(
+    variables: Iterable[str],
+    edges: dict[str, Iterable[str]],
+    unexplored: Iterable[str] = (),
+    roots: Iterable[str] = COUNTY_ROOTS | set(FROZEN_AT_CLASS),
+) -> list[str]:
+    """The ``variables`` whose value may differ between counties of one state (sorted).
+
+    ``edges[v]`` lists the variables ``v`` was computed from (a traced dependency graph, the
+    probe's: every state's rules ran there); ``unexplored`` are variables whose formula did not
+    run in the trace. A variable is county-dependent iff it is a ``root`` (default
+    :data:`COUNTY_ROOTS` and the :data:`FROZEN_AT_CLASS` variables, which the probe holds as
+    inputs but the state simulations compute at each class's county) or unexplored, or the
+    graph reaches one of those from it - a reverse breadth-first search, exact on cycles.
+    The others take one value per state whatever the county, so the state simulations compute
+    them once per state (the state's default copy), not once per county class.
+    """
+    bad = set(roots) | set(unexplored)
+    parents: dict[str, set] = {}
+    for v, kids in edges.items():
+        for k in kids:
+            parents.setdefault(k, set()).add(v)
+    seen, frontier = set(bad), list(bad)
+    while frontier:
+        node = frontier.pop()
+        for p in parents.get(node, ()):
+            if p not in seen:
+                seen.add(p)
+                frontier.append(p)
+    return sorted(v for v in set(variables) if v in seen)
+
+
 # --------------------------------------------------------------------------------------------
 # policyengine-us side
 
@@ -426,25 +458,43 @@ def stack_tables(tables: dict[str, pd.DataFrame], states: Sequence[int | None],
         raise SimulationError(f"{len(counties)} counties for {len(states)} state copies")
     max_id = max(int(tables[e][f"{e}_id"].max()) for e in ENTITIES if len(tables[e]))
     offset = 10 ** len(str(max(max_id, 1)))
+    n_copies = len(states)
+    placed = np.array([x is not None for x in states], dtype=bool)
+    if placed.any():
+        copy_state = np.array([int(x) if x is not None else 0 for x in states], dtype=np.int64)
+        copy_county = np.array([(counties[k] if per_copy else counties[int(x)])
+                                if x is not None else "" for k, x in enumerate(states)],
+                               dtype=object)
     out = {}
-    for e in ENTITIES:
+    for e in ENTITIES:  # vectorised: copy k is rows k*n .. (k+1)*n (probes stack ~3,100 copies)
         df = tables[e]
         for ent, col in forced_true:
             if ent == e:
                 df = df.assign(**{col: True})
+        if n_copies == 1 and not placed[0]:
+            out[e] = df
+            continue
+        n = len(df)
         id_cols = [c for c in df.columns if c == f"{e}_id" or (e == "person" and c.endswith("_id")
                                                                  and c.startswith("person_"))]
-        parts = []
-        for k, state in enumerate(states):
-            part = df.copy()
-            if k:
-                for c in id_cols:
-                    part[c] = part[c].to_numpy() + k * offset
-            if e == "household" and state is not None:
-                part["state_fips"] = np.int64(state)
-                part["county_fips"] = counties[k] if per_copy else counties[int(state)]
-            parts.append(part)
-        out[e] = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        part = df.iloc[np.tile(np.arange(n), n_copies)].reset_index(drop=True)
+        shift = np.repeat(np.arange(n_copies, dtype=np.int64) * offset, n)
+        for c in id_cols:
+            part[c] = df[c].to_numpy()[np.tile(np.arange(n), n_copies)] + shift.astype(
+                df[c].dtype if df[c].dtype.kind in "iu" else np.int64)
+        if e == "household" and placed.any():
+            on = np.repeat(placed, n)
+            old_state = part["state_fips"].to_numpy() if "state_fips" in part else None
+            old_county = part["county_fips"].to_numpy() if "county_fips" in part else None
+            state = np.repeat(copy_state, n)
+            county = np.repeat(copy_county, n)
+            if not on.all():
+                state = np.where(on, state, old_state)
+                county = np.where(on, county, old_county)
+            part["state_fips"] = state.astype(np.int64)
+            part["county_fips"] = (pd.array(county, dtype=df["county_fips"].dtype)
+                                   if "county_fips" in df.columns else county)
+        out[e] = part
     return out
 
 
@@ -836,8 +886,10 @@ def _dataset_key(path) -> tuple:
 
 
 def _chunk_task(args, tables: dict[str, pd.DataFrame] | None = None):
-    """One chunk, in a worker (reads the dataset) or in this process (``tables`` given)."""
+    """One chunk, in a worker (reads the dataset) or in this process (``tables`` given):
+    (states, values, seconds, policyengine-us start seconds, pid, trace, CPU seconds)."""
     path, states, variables, counties, year, forced_true, trace, route = args
+    cpu = time.process_time()
     if tables is None:
         from .h5_dataset import read_dataset
 
@@ -848,7 +900,8 @@ def _chunk_task(args, tables: dict[str, pd.DataFrame] | None = None):
     trace_info = {} if trace else None
     values = simulate_chunk(tables, states, variables, counties, year, forced_true,
                             reuse_key=_dataset_key(path), trace_into=trace_info, route=route)
-    return list(states), values, time.time() - t1, t1 - t0, os.getpid(), trace_info
+    return (list(states), values, time.time() - t1, t1 - t0, os.getpid(), trace_info,
+            time.process_time() - cpu)
 
 
 # --------------------------------------------------------------------------------------------
@@ -929,7 +982,7 @@ class StateSimulations:
 #: kept in ``StateSimulations.metadata`` in memory, never written into the file.
 TIMING_METADATA_KEYS = ("chunk_seconds", "traced_chunk_seconds", "stacked_seconds",
                         "start_seconds", "total_seconds", "probe_seconds",
-                        "probe_start_seconds")
+                        "probe_start_seconds", "chunk_cpu_seconds", "probe_cpu_seconds")
 
 
 def save_state_simulations(result: StateSimulations, path: str | os.PathLike) -> Path:
@@ -1227,7 +1280,11 @@ def probe_signatures(tables: dict[str, pd.DataFrame], variables: Sequence[str],
                      ) -> tuple[np.ndarray, dict]:
     """The probe of :func:`probe_county_classes` for the counties of ``counties``
     (:func:`county_weights` rows, a state's counties together): (codes ``(n_counties, k)``
-    int64 - factorised values, comparable between counties of one state -, figures)."""
+    int64 - factorised values, comparable between counties of one state -, figures). The probe
+    runs traced (edge tracer): figures ``edges`` (variable -> the names its formula
+    requested), ``unexplored`` (:func:`_trace_graph`; both without the rules defined only for
+    states outside ``counties``) and, for ``signature="values"``, ``columns`` (variable -> its
+    (start, stop) columns of the codes)."""
     if signature not in ("values", "readers"):
         raise SimulationError(f"signature must be 'values' or 'readers', got {signature!r}")
     t0 = time.time()
@@ -1240,11 +1297,11 @@ def probe_signatures(tables: dict[str, pd.DataFrame], variables: Sequence[str],
     sim = _microsimulation(stacked, year, kind="stacked")
     sim.router = StateRouter(sim, *_copies_layout(sub, states.tolist()), year)
     traced = signature == "readers"
-    if traced:
-        sim.trace = True
-        sim.tracer = _edge_tracer()
+    # always traced (edges only, ~15%): the graph tells which variables can depend on the county
+    sim.trace = True
+    sim.tracer = _edge_tracer()
     n_copies = len(county)
-    codes, figures = [], {}
+    codes, figures, columns = [], {}, {}
 
     def add(values) -> None:
         values = _as_plain(values)
@@ -1257,9 +1314,17 @@ def probe_signatures(tables: dict[str, pd.DataFrame], variables: Sequence[str],
         for v in variables:
             values = sim.calculate(v, year, use_weights=False)
             if not traced:
+                start = sum(c.shape[1] for c in codes)
                 add(values)
+                columns[v] = (start, start + codes[-1].shape[1])
+        edges, unexplored = _trace_graph(sim)
+        # another state's own rules (defined for that state only) never run on these counties:
+        # left out here, they are traced in the part holding their state
+        here = {STATE_ABBR[int(x)] for x in np.unique(states)}
+        elsewhere = {k for k, a in sim.router.gates.items() if a not in here}
+        figures.update(edges={k: sorted(x) for k, x in edges.items() if k not in elsewhere},
+                       unexplored=sorted(unexplored - elsewhere), columns=columns)
         if traced:
-            edges, unexplored = _trace_graph(sim)
             reached, stack = set(), list(variables)
             while stack:
                 v = stack.pop()
@@ -1301,6 +1366,7 @@ def _probe_task(args):
     from .h5_dataset import read_dataset
 
     path, variables, counties, year, forced, n_probes, signature = args
+    cpu = time.process_time()
     tables, _ = read_dataset(path)
     t0 = time.time()
     _simulation_classes()
@@ -1308,7 +1374,51 @@ def _probe_task(args):
     codes, figures = probe_signatures(tables, variables, counties, year, forced, n_probes,
                                       signature)
     figures["probe_start_seconds"] = round(start, 2)
+    figures["probe_cpu_seconds"] = round(time.process_time() - cpu, 2)
     return codes, figures
+
+
+def merge_probe_traces(figures: Sequence[dict]) -> tuple[dict[str, set], set]:
+    """(edges, unexplored) of several probe parts (:func:`probe_signatures` figures, which
+    leave out the rules of states outside their part): edges united; a variable is unexplored
+    iff it is unexplored in every part that reached it (a formula that ran in one part has its
+    requests recorded there)."""
+    edges: dict[str, set] = {}
+    reached_in: dict[str, int] = {}
+    unexplored_in: dict[str, int] = {}
+    for f in figures:
+        for k, kids in f.get("edges", {}).items():
+            edges.setdefault(k, set()).update(kids)
+            reached_in[k] = reached_in.get(k, 0) + 1
+        for k in f.get("unexplored", ()):
+            unexplored_in[k] = unexplored_in.get(k, 0) + 1
+    unexplored = {k for k, n in unexplored_in.items() if n == reached_in.get(k, 0)}
+    return edges, unexplored
+
+
+def check_county_invariance(codes: np.ndarray, columns: dict[str, Sequence[int]],
+                            state_fips: np.ndarray, county_fips: np.ndarray,
+                            county_dependent: Iterable[str]) -> None:
+    """Raise :class:`SimulationError` when a variable the traced graph calls county-invariant
+    (not in ``county_dependent``) has different probe values in two counties of one state:
+    the trace missed a dependency, and computing it once per state would be wrong.
+    ``codes`` (n_counties, k) and ``columns`` from :func:`probe_signatures`."""
+    dependent = set(county_dependent)
+    state = np.asarray(state_fips, dtype=np.int64)
+    order = np.argsort(state, kind="stable")
+    first = np.r_[True, state[order][1:] != state[order][:-1]]
+    head = order[np.flatnonzero(first)[np.cumsum(first) - 1]]  # first county of the state
+    for v, (a, b) in columns.items():
+        if v in dependent or b <= a:
+            continue
+        block = codes[:, a:b]
+        differs = np.flatnonzero((block[order] != block[head]).any(axis=1))
+        if len(differs):
+            i, j = order[differs[0]], head[differs[0]]
+            raise SimulationError(
+                f"{v!r} was classified county-invariant (the probe's traced graph reaches no "
+                f"county input from it) but differs between counties {county_fips[j]} and "
+                f"{county_fips[i]} of {STATE_ABBR[int(state[i])]}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1363,12 +1473,14 @@ def simulate_states(
     route : run each state's own rules on its rows only (:class:`StateRouter`); False runs
         them on every stacked row, as policyengine-core does (for comparisons).
     county_classes : first run the probe (:func:`probe_county_classes`: ``n_probes``
-        households in every county) and simulate one state copy per county class, so that
-        every county-dependent value is exact for every county; the variables of
-        :data:`FROZEN_AT_CLASS` are simulated too (area files carry their class values);
-        False: one copy per state at
-        its most populous county (:func:`single_county_classes`; the representative-county
-        mode).
+        households in every county, traced) and simulate one state copy per county class, so
+        that every county-dependent value is exact for every county; the variables of
+        :data:`FROZEN_AT_CLASS` are simulated too (area files carry their class values). Each
+        state's default copy computes every variable, its other classes only the
+        county-dependent ones (:func:`county_dependent_variables` of the probe's traced graph,
+        checked against the probe's values by :func:`check_county_invariance`); their other
+        values are the default copy's. False: one copy per state at its most populous county
+        (:func:`single_county_classes`; the representative-county mode).
     n_probes, probe_signature : the probe's households and signature
         (:func:`probe_county_classes`); with several workers each probes a part of the
         counties (:func:`probe_parts`: whole states).
@@ -1427,6 +1539,12 @@ def simulate_states(
             classes = classes_from_signatures(merged["county_fips"].to_numpy(),
                                               merged["state"].to_numpy(), codes,
                                               merged["weight"].to_numpy(), readers)
+            edges, unexplored = merge_probe_traces([f for _, f in done])
+            county_dependent = county_dependent_variables(variables, edges, unexplored)
+            if probe_signature == "values":  # the probe's values must agree with the graph
+                check_county_invariance(codes, done[0][1]["columns"],
+                                        merged["state"].to_numpy(),
+                                        merged["county_fips"].to_numpy(), county_dependent)
             probe_figures = {
                 "probe_households": done[0][1]["probe_households"],
                 "probe_copies": int(sum(f["probe_copies"] for _, f in done)),
@@ -1434,7 +1552,10 @@ def simulate_states(
                 "readers": readers,
                 "probe_seconds": round(time.time() - t_probe, 2),
                 "probe_start_seconds": round(max(f.get("probe_start_seconds", 0.0)
-                                                 for _, f in done), 2)}
+                                                 for _, f in done), 2),
+                "probe_cpu_seconds": round(sum(f.get("probe_cpu_seconds", 0.0)
+                                               for _, f in done), 2),
+                "county_dependent": county_dependent}
             split = {k: v for k, v in classes.per_state().items() if v > 1}
             log(f"county classes from a probe of {probe_figures['probe_households']} households"
                 f" x {probe_figures['probe_copies']} counties in {len(done)} part(s) "
@@ -1444,10 +1565,21 @@ def simulate_states(
             classes = single
         wanted = set(int(x) for x in states)
         copies = [k for k in range(classes.n_copies) if int(classes.copy_state[k]) in wanted]
-        chunks = plan_chunks(structure.n_households, copies, max_households_per_chunk, workers)
-        tasks = [(str(dataset_path), [int(classes.copy_state[k]) for k in c], variables,
+        # each state's default copy computes every variable; its other county classes only the
+        # county-dependent ones (the rest equal the default copy's: the probe's traced graph)
+        defaults = set(classes.state_default()[list(STATE_ORDER)].tolist())
+        extra = [k for k in copies if k not in defaults]
+        per_class = (probe_figures.get("county_dependent", variables) if extra else variables)
+        chunks = plan_chunks(structure.n_households, [k for k in copies if k in defaults],
+                             max_households_per_chunk, workers)
+        chunk_vars = [variables] * len(chunks)
+        if extra and per_class:
+            more = plan_chunks(structure.n_households, extra, max_households_per_chunk, workers)
+            chunks += more
+            chunk_vars += [per_class] * len(more)
+        tasks = [(str(dataset_path), [int(classes.copy_state[k]) for k in c], vs,
                   [str(classes.copy_county[k]) for k in c], year, forced, i == 0, route)
-                 for i, c in enumerate(chunks)]
+                 for i, (c, vs) in enumerate(zip(chunks, chunk_vars))]
         # the traced chunk is submitted first, so it never waits behind the others
         results = (map(_chunk_task, tasks, [tables] * len(tasks)) if pool is None
                    else pool.map(_chunk_task, tasks))
@@ -1463,48 +1595,60 @@ def simulate_states(
 
 def _collect(results, tables, structure, variables, specs, classes: CountyClasses, chunks,
              states, workers, year, log, t_start, probe_figures) -> StateSimulations:
-    parts: dict[str, list] = {v: [] for v in variables}
+    parts: dict[str, list] = {v: [] for v in variables}  # (copy rows, values) per chunk
     rows_done: list[int] = []
-    chunk_times, start_times = [], []
+    chunk_times, start_times, cpu_times = [], [], []
     trace = None
     copy_state = classes.copy_state
-    for chunk, (chunk_states, values, seconds, start_seconds, pid, trace_info) in zip(chunks,
-                                                                                     results):
+    for chunk, result in zip(chunks, results):
+        chunk_states, values, seconds, start_seconds, pid, trace_info, *rest = result
         rows_done += list(chunk)
         for v in variables:
-            parts[v].append(values[v])
+            if v in values:
+                parts[v].append((list(chunk), values[v]))
         chunk_times.append(round(seconds, 2))
         start_times.append(round(start_seconds, 2))
+        if rest:
+            cpu_times.append(round(float(rest[0]), 2))
         if trace_info is not None:
             trace = trace_info
         started = f", after a policyengine-us start of {start_seconds:.1f} s" if (
             start_seconds >= 0.5) else ""
+        only = (f" ({len(values)} county-dependent variable(s))"
+                if len(values) < len(variables) else "")
         log(f"{'traced ' if trace_info is not None else ''}chunk of {len(chunk_states)} copies x "
-            f"{structure.n_households} households: {seconds:.1f} s (pid {pid}{started})")
+            f"{structure.n_households} households{only}: {seconds:.1f} s (pid {pid}{started})")
     dependence, entity = trace["dependence"], trace["entity"]
     dependent = [v for v in variables if dependence[v]]
     invariant_vars = [v for v in variables if not dependence[v]]
     log(f"state-invariant (stored once): {invariant_vars}; state-dependent: {dependent}")
     invariant: dict[str, np.ndarray] = {}
     for v in invariant_vars:
-        stacked = np.concatenate(parts[v], axis=0)
+        rows = [k for c, _ in parts[v] for k in c]
+        stacked = np.concatenate([a for _, a in parts[v]], axis=0)
         differs = np.flatnonzero((stacked != stacked[0]).any(axis=1))
         if len(differs):
-            state = int(copy_state[rows_done[differs[0]]])
-            county = str(classes.copy_county[rows_done[differs[0]]])
+            state = int(copy_state[rows[differs[0]]])
+            county = str(classes.copy_county[rows[differs[0]]])
             raise SimulationError(
                 f"{v!r} was classified state-invariant but differs in {STATE_ABBR[state]} "
-                f"from {STATE_ABBR[int(copy_state[rows_done[0]])]}"
+                f"from {STATE_ABBR[int(copy_state[rows[0]])]}"
                 f"{f' (county {county})' if county else ''}: the traced chunk missed a "
                 "dependency on the state")
         invariant[v] = stacked[0]
     by_state = {}
-    order = np.asarray(rows_done)
+    default = classes.state_default()
+    done = np.asarray(rows_done, dtype=np.int64)
     for v in dependent:
-        stacked = np.concatenate(parts[v], axis=0)
+        rows = np.asarray([k for c, _ in parts[v] for k in c], dtype=np.int64)
+        stacked = np.concatenate([a for _, a in parts[v]], axis=0)
         full = np.empty((classes.n_copies,) + stacked.shape[1:], dtype=stacked.dtype)
-        full[order] = stacked
-        missing = np.setdiff1d(np.arange(classes.n_copies), order)
+        full[rows] = stacked
+        # county classes that computed only the county-dependent variables: the state's value
+        same = np.setdiff1d(done, rows)
+        if len(same):
+            full[same] = full[default[copy_state[same]]]
+        missing = np.setdiff1d(np.arange(classes.n_copies), done)
         if len(missing):  # states not simulated (tests, sampled benches): first simulated state
             full[missing] = stacked[0]
         by_state[v] = full
@@ -1524,6 +1668,8 @@ def _collect(results, tables, structure, variables, specs, classes: CountyClasse
         "stacked_seconds": round(float(sum(chunk_times)), 2),
         # policyengine-us start-up paid before each chunk (a worker's first one; 0 after)
         "start_seconds": start_times,
+        # CPU seconds of each chunk's task in its process (start-up included)
+        "chunk_cpu_seconds": cpu_times,
         "total_seconds": round(time.time() - t_start, 2),
         "representative_county": {STATE_ABBR[int(s)]: str(classes.copy_county[k])
                                   for s, k in zip(STATE_ORDER,
@@ -1533,9 +1679,13 @@ def _collect(results, tables, structure, variables, specs, classes: CountyClasse
         "county_classes": classes.per_state(),
         "county_readers": list(classes.readers),
         "probe": {k: v for k, v in probe_figures.items()
-                  if k not in ("readers", "probe_seconds", "probe_start_seconds")},
+                  if k not in ("readers", "probe_seconds", "probe_start_seconds",
+                               "probe_cpu_seconds", "county_dependent")},
+        # computed in every county class; the other variables once per state (default copy)
+        "county_dependent": list(probe_figures.get("county_dependent", [])),
         "probe_seconds": probe_figures.get("probe_seconds", 0.0),
         "probe_start_seconds": probe_figures.get("probe_start_seconds", 0.0),
+        "probe_cpu_seconds": probe_figures.get("probe_cpu_seconds", 0.0),
     }
     eligible = sorted({v for s in specs for v in s.variables} & set(variables))
     home = tables["household"]["state_fips"].to_numpy().astype(np.int64)

@@ -83,6 +83,60 @@ def test_files_carry_the_clone_county_and_its_enum_name():
         asm.county_enum_names(np.array(["99999"]))
 
 
+def test_county_dependent_variables_follow_the_traced_graph():
+    edges = {"snap": {"snap_gross_income", "snap_utility_allowance", "housing_assistance"},
+             "snap_utility_allowance": {"county"}, "snap_gross_income": {"employment_income"},
+             "eitc": {"earned_income", "state_code"}, "earned_income": {"employment_income"},
+             "md_local_tax": {"md_rate"}, "md_rate": {"md_local_tax"},  # a cycle, no county
+             "gated": {"is_eligible"}, "ha_user": {"housing_assistance"}, "loop_a": {"loop_b"},
+             "loop_b": {"loop_a", "county_fips"}}
+    got = simu.county_dependent_variables(
+        ["snap", "eitc", "snap_gross_income", "md_local_tax", "gated", "ha_user", "loop_a",
+         "age"], edges, unexplored=["gated"])
+    # housing_assistance counts as a county input (computed at each class's county)
+    assert got == ["gated", "ha_user", "loop_a", "snap"]
+
+
+def test_probe_traces_merge_and_the_values_check_the_graph():
+    a = {"edges": {"x": ["gate"], "y": ["county"]}, "unexplored": ["x"]}
+    b = {"edges": {"x": ["gate", "income"], "z": ["gate"]}, "unexplored": ["z"]}
+    edges, unexplored = simu.merge_probe_traces([a, b])
+    assert edges["x"] == {"gate", "income"} and unexplored == {"z"}  # x ran in b
+    state = np.array([24, 24, 36, 36, 36])
+    county = np.array([MONTGOMERY, BALTIMORE_CITY, "36047", "36061", "36081"])
+    codes = np.array([[0, 1], [0, 2], [1, 0], [1, 0], [1, 1]])
+    columns = {"eitc": (0, 1), "snap": (1, 2)}
+    simu.check_county_invariance(codes, columns, state, county, ["snap"])
+    codes[4, 0] = 2  # eitc differs in Queens from Kings
+    with pytest.raises(simu.SimulationError, match="'eitc' was classified county-invariant.*"
+                       "36047 and 36081 of NY"):
+        simu.check_county_invariance(codes, columns, state, county, ["snap"])
+
+
+def test_extra_county_classes_take_the_county_invariant_values_of_their_state():
+    c = simu.classes_from_signatures(np.array([MONTGOMERY, BALTIMORE_CITY]), np.array([MD, MD]),
+                                     np.array([[0], [1]]), np.array([2.0, 1.0]))
+    md = np.flatnonzero(c.copy_state == MD)
+    al = np.flatnonzero(c.copy_state == 1)
+    tables = synthetic_tables(3, seed=2)
+    n_spm = len(tables["spm_unit"])
+    n_tu = len(tables["tax_unit"])
+    trace = {"dependence": {"snap": ["*"], "eitc": ["*"]},
+             "entity": {"snap": "spm_unit", "eitc": "tax_unit"}}
+    # the default copies (AL, MD at Montgomery) compute both; Baltimore City's class only snap
+    results = [([1, MD], {"snap": np.stack([np.full(n_spm, 1.0), np.full(n_spm, 2.0)]),
+                          "eitc": np.stack([np.full(n_tu, 10.0), np.full(n_tu, 20.0)])},
+                1.0, 40.0, 1, trace, 41.0),
+               ([MD], {"snap": np.full((1, n_spm), 3.0)}, 1.0, 0.0, 2, None, 1.0)]
+    out = simu._collect(results, tables, simu.Structure.from_tables(tables), ["eitc", "snap"],
+                        [], c, [[al[0], md[0]], [md[1]]], [1, MD], 1, 2024, lambda m: None,
+                        0.0, {"county_dependent": ["snap"]})
+    assert out.by_state["snap"][md].tolist() == [[2.0] * n_spm, [3.0] * n_spm]
+    assert out.by_state["eitc"][md].tolist() == [[20.0] * n_tu, [20.0] * n_tu]
+    assert out.metadata["county_dependent"] == ["snap"]
+    assert out.metadata["chunk_cpu_seconds"] == [41.0, 1.0]
+
+
 # --------------------------------------------------------------------------------------------
 # slow: policyengine-us
 
@@ -135,8 +189,8 @@ def maryland(tmp_path_factory):
                                  "county_fips": [BALTIMORE_CITY, MONTGOMERY],
                                  "probability": [1.0, 1.0]})
     population = pd.Series({2407: 700_000.0, 2408: 770_000.0})
-    sims = simu.simulate_states(path, ["snap"], county_table, population, states=(MD,),
-                                workers=1, n_probes=16)
+    sims = simu.simulate_states(path, ["snap", "adjusted_gross_income"], county_table,
+                                population, states=(MD,), workers=1, n_probes=16)
     base = asm.index_base(tables, 2024)
     n = base.n_records
     # clone 0 in Baltimore City (district 7), clone 1 in Montgomery (district 8)
@@ -169,6 +223,24 @@ def test_probe_finds_maryland_county_classes(maryland):
     md = np.flatnonzero(sims.classes.copy_state == MD)
     assert sorted(sims.classes.copy_county[md].tolist()) == [MONTGOMERY, BALTIMORE_CITY]
     assert sims.metadata["probe"]["probe_copies"] == 2
+    # SNAP (ABAWD waiver areas, housing assistance) in every class; AGI once per state
+    assert "snap" in sims.metadata["county_dependent"]
+    assert "adjusted_gross_income" not in sims.metadata["county_dependent"]
+
+
+@pytest.mark.slow
+def test_each_county_class_equals_its_own_simulation(maryland):
+    """The second class computed only the county-dependent variables; every value of both
+    classes equals a simulation of the households at the class's county."""
+    tables, sims, *_ = maryland
+    md = np.flatnonzero(sims.classes.copy_state == MD)
+    forced = [(s.entity, s.input) for s in simu.takeup_specs_for(sims.variables)]
+    own = simu.simulate_chunk(tables, [MD] * len(md), sims.variables,
+                              sims.classes.copy_county[md].tolist(), 2024, forced)
+    assert set(own) == set(sims.variables) and len(sims.variables) == 3  # + housing assistance
+    for v in sims.variables:
+        got = sims.values_at(v, np.broadcast_to(md[:, None], own[v].shape))
+        np.testing.assert_allclose(got, own[v], rtol=1e-9, atol=1e-6, err_msg=v)
 
 
 @pytest.mark.slow

@@ -87,6 +87,54 @@ print("\nstack_tables: the first two households copied into CA, TX and NY (ids o
 _walk.show(stacked["household"][["household_id", "state_fips", "county_fips"]])
 
 # ---------------------------------------------------------------------------------------------
+_walk.section("2b. County dependence: county classes, the probe, what runs per class")
+# Files put every clone in its own county, so the matrix must value each cell at that county
+# for every variable the county can change (SNAP's ABAWD waiver areas and utility regions, New
+# York City's taxes, Maryland's county rates ...). Simulating 3,106 counties is out of reach;
+# simulate_states instead
+#   1. probes: 12 base households (probe_rows: mostly low-income) in every county, one stacked
+#      copy per county, every needed variable computed, traced (edges only);
+#   2. groups each state's counties whose probe values agree into classes
+#      (classes_from_signatures), each simulated at its most populous county, the class of the
+#      state's most populous county first (the state's default copy);
+#   3. reads the probe's traced graph: a variable is county-dependent iff it reaches a county
+#      input (COUNTY_ROOTS), a formula the probe did not run, or housing_assistance (HUD fair
+#      market rents: no 12 probes can class them; it is computed per class and the files carry
+#      its class value as an input). The probe's values must agree: a variable called
+#      county-invariant whose values differ between two counties of a state stops the build;
+#   4. simulates every variable in each state's default copy, and only the county-dependent
+#      ones in its other classes (their other values are the default copy's).
+# A toy graph and toy probe values (policyengine-us is not run here):
+edges = {"snap": {"snap_net_income", "snap_utility_allowance", "housing_assistance"},
+         "snap_utility_allowance": {"county"}, "snap_net_income": {"employment_income"},
+         "eitc": {"earned_income", "state_code"}, "earned_income": {"employment_income"},
+         "adjusted_gross_income": {"employment_income"}}
+dependent = sim.county_dependent_variables(["snap", "eitc", "adjusted_gross_income"], edges)
+print("county-dependent (computed in every class):", dependent)
+ny = ["36047", "36081", "36061", "36005", "36059", "36103", "36001", "36029"]  # Kings ... Erie
+pop = [2.6, 2.3, 1.6, 1.4, 1.4, 1.5, 0.3, 0.9]  # millions
+# probe codes per county: column 0 SNAP of the probes (NYC's utility allowance, Nassau/Suffolk's,
+# the rest's), column 1 EITC (equal everywhere: the graph says so and the check confirms it)
+codes = np.array([[0, 0], [0, 0], [0, 0], [0, 0], [1, 0], [1, 0], [2, 0], [2, 0]])
+sim.check_county_invariance(codes, {"snap": (0, 1), "eitc": (1, 2)}, np.full(8, 36),
+                            np.array(ny), dependent)
+classes = sim.classes_from_signatures(np.array(ny), np.full(8, 36), codes, np.array(pop))
+rows = np.flatnonzero(classes.copy_state == 36)
+print(f"{classes.n_copies} state copies for 51 states (NY: {len(rows)} classes, simulated at "
+      f"{classes.copy_county[rows].tolist()}, the first NY's default copy)")
+_walk.show(pd.DataFrame({"county": ny, "population_m": pop,
+                         "copy": classes.copy_index(np.full(8, 36), np.array(ny))}))
+defaults = set(classes.state_default()[list(sim.STATE_ORDER)].tolist())
+extra = [k for k in range(classes.n_copies) if k not in defaults]
+print(f"chunks at 3,000 households: {len(sim.plan_chunks(3000, sorted(defaults), 26_000, 2))} "
+      f"with every variable for the 51 default copies, "
+      f"{len(sim.plan_chunks(3000, extra, 26_000, 2))} with {dependent} only for the "
+      f"{len(extra)} other classes")
+# Measured (bench/bench_state_simulations.py --n 3000 --skip-reference
+# --compare-county-classes; docs/methodology.md, "County dependence"): the demo's 72 copies
+# (19 states with 2-3 classes) against 51 copies at one county per state - see the table there.
+
+# ---------------------------------------------------------------------------------------------
 _walk.section("3. Toy state simulations (shapes of simulate_states' result)")
 # Invariant variables: one value per entity. State-dependent ones: (51, n_entity), rows in
 # STATE_ORDER. Toy rules (not policyengine-us's): SNAP larger in Alaska and Hawaii, Medicaid
