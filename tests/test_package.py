@@ -310,3 +310,15 @@ def test_assets_materialize_through_dagster(real_raw_dir, tmp_path):
     assert meta["unachievable_count"].value == package.metadata["unachievable_count"]
     sims = result.asset_materializations_for_node("state_simulations")[0].metadata
     assert sims["traced_chunk_routed_formulas"].value > 0  # 51 states in one stack: routed
+
+
+def test_default_config_holds_out_the_poverty_households():
+    """ACS poverty households are scored, not fitted (docs/methodology.md: fitted, the 2012-14
+    base's excess of poor households pulls EITC claimants out of the files)."""
+    rows = pd.DataFrame({
+        "variable": ["household_count"] * 3, "geo_level": ["district"] * 3,
+        "domain": ["school_meal_fpg_ratio", "snap", ""], "source": ["Census ACS S2201"] * 3,
+        "geo_id": [612, 612, 612]})
+    sel = pkg.select_targets(rows, pkg.load_target_config())
+    assert len(sel) == 3
+    assert sel["holdout"].tolist() == [True, False, False]
