@@ -30,6 +30,7 @@ from dagster._core.storage.tags import (
 
 from assets._metadata import markdown_table as _md, measured
 from assets._code_version import code_version
+from calibration_core import aca_takeup
 from calibration_core import assembly as asm
 from calibration_core import national_check
 from calibration_core import validation as val
@@ -94,7 +95,10 @@ class _Inputs:
         self.geo = load_geography(store.path(*GEOGRAPHY))
         self.weights = asm.check_weights(weights, self.geo, str(weights_path))
         meta = json.loads(store.path(*PACKAGE, METADATA_FILE).read_text())
-        self.takeup = asm.takeup_for_package(meta.get("takeup_rerandomised", []))
+        # per-state take-up rates the state simulations used (calibration_core.aca_takeup)
+        self.state_takeup = aca_takeup.from_metadata(meta)
+        self.takeup = asm.takeup_for_package(meta.get("takeup_rerandomised", []),
+                                             self.state_takeup)
         self.county_by_state = None
         self.frozen = None
         if county == "clone" and store.path(*SIMULATIONS).is_file():
@@ -113,7 +117,7 @@ class _Inputs:
     def build(self, key: Optional[str]) -> asm.AreaBuild:
         area = parse_area_key(key) if key is not None else None
         return asm.build_area_tables(self.base, self.geo, self.weights, area, self.takeup,
-                                     self.county_by_state, self.frozen)
+                                     self.county_by_state, self.frozen, self.state_takeup)
 
 
 def _fit_weights(weights_path: Path, which: str) -> np.ndarray:
@@ -160,7 +164,7 @@ def run_partition_keys(context) -> list[str]:
     kinds={"python", "h5"},
     code_version=code_version("assets.areas", "calibration_core.assembly", "calibration_core.fit",
                               "calibration_core.geography", "calibration_core.h5_dataset",
-                              "calibration_core.package_io"),
+                              "calibration_core.package_io", "calibration_core.aca_takeup"),
     description=(
         "One PolicyEngine-US dataset per area (`areas/states/CA.h5`, `areas/districts/CA-12.h5`, "
         "`areas/cities/NYC.h5`): the area's active clone-households (regional weight > 0, clone's "
@@ -278,7 +282,7 @@ def area_files_valid(context: dg.AssetCheckExecutionContext,
     kinds={"python", "h5"},
     code_version=code_version("assets.areas", "calibration_core.assembly", "calibration_core.fit",
                               "calibration_core.geography", "calibration_core.h5_dataset",
-                              "calibration_core.package_io"),
+                              "calibration_core.package_io", "calibration_core.aca_takeup"),
     description=(
         "The national PolicyEngine-US dataset (`areas/national/US.h5`): every clone-household "
         "with a positive national weight (the national fit's own weights), assembled like the "

@@ -18,6 +18,7 @@ import pandas as pd
 
 from assets._metadata import markdown_table as _md, measured
 from assets._code_version import code_version
+from calibration_core import aca_takeup
 from calibration_core import geography as geo_mod
 from calibration_core import package as pkg
 from calibration_core import simulation as simu
@@ -49,6 +50,9 @@ class StateSimulationsConfig(dg.Config):
     # household in its own county); False: one copy per state at its most populous county
     county_classes: bool = True
     probe_households: int = simu.DEFAULT_PROBE_HOUSEHOLDS
+    # ACA take-up calibrated per state to the SOI count of credit returns (aca_takeup); False
+    # (or no aca_ptc_state.csv among the raw inputs) keeps the flat base draw
+    aca_state_takeup: bool = True
 
 
 class GeographyConfig(dg.Config):
@@ -66,7 +70,7 @@ class PackageConfig(dg.Config):
     kinds={"python", "numpy"},
     code_version=code_version("assets.package", "calibration_core.simulation",
                               "calibration_core.targets_db", "calibration_core.h5_dataset",
-                              simulates=True),
+                              "calibration_core.aca_takeup", simulates=True),
     description=(
         "Every target and constraint variable of every base household as if it lived in each "
         "of the 51 states (`calibration/state_simulations.npz`), from stacked simulations "
@@ -87,12 +91,28 @@ def state_simulations(context: dg.AssetExecutionContext, config: StateSimulation
     population = geo_mod.district_population(targets)
     out = store.path(*SIMULATIONS)
     store.sweep_temporaries(context, "calibration")
+    state_takeup, aca_meta = [], {"aca_state_takeup": "off"}
+    published = store.raw_dir / aca_takeup.PUBLISHED_FILE
+    if config.aca_state_takeup and published.is_file():
+        takeup, table, figures = aca_takeup.calibrate(store.path(*MICRODATA), published, YEAR)
+        state_takeup = [takeup]
+        context.log.info(f"ACA take-up calibrated per state: {figures['eligible_units']:,.0f} "
+                         f"eligible tax units, {figures['published_units']:,.0f} SOI returns, "
+                         f"national rate {figures['national_rate']:.3f}")
+        aca_meta = {"aca_state_takeup": _md(table.round(3), index=True),
+                    "aca_eligible_units": round(figures["eligible_units"]),
+                    "aca_eligible_credit_usd": round(figures["eligible_credit_usd"]),
+                    "aca_published_units": round(figures["published_units"]),
+                    "aca_national_takeup_rate": round(figures["national_rate"], 4),
+                    "aca_takeup_source": figures["source"]}
+    elif config.aca_state_takeup:
+        context.log.warning(f"{published} absent: ACA take-up stays the flat base draw")
     context.log.info(f"simulating {variables} for all 51 states")
     result = simu.simulate_states(
         store.path(*MICRODATA), variables, county, population,
         max_households_per_chunk=config.max_households_per_chunk, workers=config.workers,
         log=context.log.info, county_classes=config.county_classes,
-        n_probes=config.probe_households)
+        n_probes=config.probe_households, state_takeup=state_takeup)
     simu.save_state_simulations(result, out)
     m = result.metadata
     dep = pd.DataFrame({"variable": list(result.dependence),
@@ -120,7 +140,7 @@ def state_simulations(context: dg.AssetExecutionContext, config: StateSimulation
         "probe_seconds": m["probe_seconds"],
         # computed in every county class; the others once per state (the default copy)
         "county_dependent": ", ".join(m.get("county_dependent", [])) or "(none)",
-        "sha256": digest,
+        "sha256": digest, **aca_meta,
     }, data_version=dg.DataVersion(digest[:32]))
 
 
@@ -175,7 +195,8 @@ def geography_assignment(context: dg.AssetExecutionContext, config: GeographyCon
     kinds={"python", "scipy", "parquet"},
     code_version=code_version("assets.package", "calibration_core.package",
                               "calibration_core.package_io", "calibration_core.simulation",
-                              "calibration_core.geography", "calibration_core.targets_db"),
+                              "calibration_core.geography", "calibration_core.targets_db",
+                              "calibration_core.aca_takeup"),
     description=(
         "`calibration/package/`: targets selected by the target config (YAML include/exclude/"
         "holdout rules), a CSR float32 matrix of targets x clone-households built per "

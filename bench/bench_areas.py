@@ -35,6 +35,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from calibration_core import aca_takeup  # noqa: E402
 from calibration_core import assembly as asm  # noqa: E402
 from calibration_core.areas import STATE_FIPS, all_area_keys, parse_area_key  # noqa: E402
 from calibration_core.h5_dataset import read_dataset, write_dataset  # noqa: E402
@@ -91,7 +92,8 @@ def _inputs(args):
         base = asm.index_base(tables, year)
         geo = load_geography(root / "calibration" / "geography_assignment.npz")
         meta = json.loads((root / "calibration" / "package" / "metadata.json").read_text())
-        takeup = asm.takeup_for_package(meta.get("takeup_rerandomised", []))
+        state_takeup = aca_takeup.from_metadata(meta)
+        takeup = asm.takeup_for_package(meta.get("takeup_rerandomised", []), state_takeup)
         rep = load_state_simulations(root / "calibration" / "state_simulations.npz") \
             .metadata["representative_county"]
         county = {STATE_FIPS[a]: c for a, c in rep.items()}
@@ -116,8 +118,9 @@ def _inputs(args):
             w[rng.random(n) < 0.4] = 0.0
             weights[k] = asm.check_weights(w, geo)
         takeup = takeup_specs_for(["snap", "medicaid_enrolled"])
+        state_takeup = []
         county = representative_counties(table, pop)
-    return base, geo, weights, takeup, county, time.perf_counter() - t0
+    return base, geo, weights, (takeup, state_takeup), county, time.perf_counter() - t0
 
 
 def _build(args, keys, out_dir):
@@ -127,7 +130,7 @@ def _build(args, keys, out_dir):
         t0 = time.perf_counter()
         area = parse_area_key(key) if key != "national-US" else None
         w = weights["national" if area is None else "regional"]
-        b = asm.build_area_tables(base, geo, w, area, takeup, county)
+        b = asm.build_area_tables(base, geo, w, area, takeup[0], county, None, takeup[1])
         t1 = time.perf_counter()
         rel = area.relative_path if area is not None else "national/US.h5"
         path = Path(out_dir) / rel

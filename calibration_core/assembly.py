@@ -183,6 +183,7 @@ def assemble_cells(
     takeup: Sequence[TakeUp] = (),
     county_by_state: Mapping[int, str] | None = None,
     frozen: StateSimulations | None = None,
+    state_takeup: Sequence = (),
 ) -> dict[str, pd.DataFrame]:
     """The six entity tables of the households ``(clone[k], record[k])``, k = 0..A-1.
 
@@ -201,6 +202,9 @@ def assemble_cells(
         the value at the cell's state and county class (the value the matrix's other
         variables were computed with; HUD housing assistance, whose county fair market rents
         no class captures). None writes none.
+    state_takeup : :class:`~calibration_core.aca_takeup.StateTakeUp` inputs not in ``takeup``:
+        each entity's decision for the cell's state (base household id, entity rank), as the
+        state simulations set them per state copy.
 
     Returns tables with fresh ids ``0..n-1`` per entity and consistent ``person_<e>_id``
     memberships; household geography and weight per cell; take-up inputs redrawn.
@@ -276,6 +280,14 @@ def assemble_cells(
         hh_id = s.ids["household"][s.household_index[e][base_rows]]
         out[e][spec.input] = takeup_decisions(spec, hh_id, clone[cell], s.rank[e][base_rows],
                                               state[cell])
+    redrawn = {spec.input for spec in takeup}
+    for t in state_takeup:
+        if t.input in redrawn:
+            continue
+        e = t.entity
+        base_rows, cell = rows[e], cells[e]
+        hh_id = s.ids["household"][s.household_index[e][base_rows]]
+        out[e][t.input] = t.decisions(hh_id, s.rank[e][base_rows], state[cell])
     return {e: pd.DataFrame(out[e]) for e in ENTITIES}
 
 
@@ -308,10 +320,15 @@ def _county_enum_table() -> tuple[np.ndarray, np.ndarray]:
     return _COUNTY_ENUM[0]
 
 
-def takeup_for_package(rerandomised_variables: Sequence[str]) -> list[TakeUp]:
+def takeup_for_package(rerandomised_variables: Sequence[str], state_takeup: Sequence = ()
+                       ) -> list[TakeUp]:
     """The take-up specs the package re-randomised (its metadata's ``takeup_rerandomised``
-    variable list): the ones whose input an area file must redraw."""
-    specs = takeup_specs_for(rerandomised_variables)
+    variable list): the ones whose input an area file must redraw; an input with calibrated
+    state rates (``state_takeup``, :func:`calibration_core.aca_takeup.from_metadata`) gets
+    them, as the package did."""
+    from .aca_takeup import rated_spec
+
+    specs = [rated_spec(t, state_takeup) for t in takeup_specs_for(rerandomised_variables)]
     unknown = set(rerandomised_variables) - {v for t in TAKEUP for v in t.variables}
     if unknown:
         raise AssemblyError(f"take-up variables {sorted(unknown)} have no take-up spec")
@@ -351,6 +368,7 @@ def build_area_tables(
     takeup: Sequence[TakeUp] = (),
     county_by_state: Mapping[int, str] | None = None,
     frozen: StateSimulations | None = None,
+    state_takeup: Sequence = (),
 ) -> AreaBuild:
     """The dataset of ``area`` (None: the nation): its active cells (weight > 0, clone in the
     area, :func:`area_cell_mask`) assembled by :func:`assemble_cells`.
@@ -359,5 +377,5 @@ def build_area_tables(
     """
     clone, record = active_cells(weights2d, area_cell_mask(geo, area))
     tables = assemble_cells(base, geo, clone, record, weights2d[clone, record], takeup,
-                            county_by_state, frozen)
+                            county_by_state, frozen, state_takeup)
     return AreaBuild(area.key if area is not None else "national-US", tables, clone, record)

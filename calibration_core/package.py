@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import fit_rows
+from . import aca_takeup, fit_rows
 from .geography import GeographyAssignment
 from .package_io import CalibrationPackage
 from .simulation import (COUNT_VARIABLES, GEO_CONSTRAINT_VARIABLES, StateSimulations,
@@ -234,7 +234,8 @@ def _variable_values(ctx: _Context, variable: str) -> np.ndarray:
         rows = _cell_copy_rows(ctx)[:, sims.structure.household_index[entity]]
         values = np.asarray(sims.values_at(variable, rows))
     if variable in sims.takeup_eligible:
-        spec = next(s for s in TAKEUP if variable in s.variables)
+        spec = aca_takeup.rated_spec(next(s for s in TAKEUP if variable in s.variables),
+                                     aca_takeup.from_metadata(sims.metadata))
         s = sims.structure
         hh_id = s.ids["household"][s.household_index[entity]]
         takes_up = takeup_decisions(spec, hh_id[None, :], ctx.clone, s.rank[entity][None, :],
@@ -529,6 +530,9 @@ def build_package(
         "assembly_seconds": round(t_asm, 3), "build_seconds": round(time.time() - t0, 3),
         "geography": geo.metadata, "state_invariant": sims.metadata.get("state_invariant", []),
         "takeup_rerandomised": list(sims.takeup_eligible),
+        # per-state take-up rates (aca_takeup): the area files apply the same
+        "takeup_state_rates": sims.metadata.get("takeup_state_rates", {}),
+        "takeup_state_entities": sims.metadata.get("takeup_state_entities", {}),
         **selection,
         "county": "clone" if county_aware else "representative",
         "state_copies_used": figures["state_copies_used"],

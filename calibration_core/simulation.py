@@ -452,7 +452,9 @@ def stack_tables(tables: dict[str, pd.DataFrame], states: Sequence[int | None],
     when ``counties`` is a mapping, ``counties[k]`` when it is a sequence aligned with
     ``states`` (one county per copy: several copies of one state in different counties);
     a ``None`` state keeps the households where they live. ``forced_true``: (entity, input)
-    columns set to True in every copy (take-up inputs)."""
+    columns set to True in every copy (take-up inputs); an entry that is a
+    :class:`~calibration_core.aca_takeup.StateTakeUp` sets its input per copy to that copy's
+    state decision (:func:`state_takeup_values`)."""
     per_copy = counties is not None and not isinstance(counties, dict)
     if per_copy and len(counties) != len(states):
         raise SimulationError(f"{len(counties)} counties for {len(states)} state copies")
@@ -465,13 +467,16 @@ def stack_tables(tables: dict[str, pd.DataFrame], states: Sequence[int | None],
         copy_county = np.array([(counties[k] if per_copy else counties[int(x)])
                                 if x is not None else "" for k, x in enumerate(states)],
                                dtype=object)
+    by_state = [f for f in forced_true if not isinstance(f, tuple)]
+    per_state = {f.input: (f.entity, state_takeup_values(tables, f, states)) for f in by_state}
     out = {}
     for e in ENTITIES:  # vectorised: copy k is rows k*n .. (k+1)*n (probes stack ~3,100 copies)
         df = tables[e]
-        for ent, col in forced_true:
-            if ent == e:
-                df = df.assign(**{col: True})
-        if n_copies == 1 and not placed[0]:
+        for entry in forced_true:
+            if isinstance(entry, tuple) and entry[0] == e:
+                df = df.assign(**{entry[1]: True})
+        if n_copies == 1 and not placed[0] and not any(ent == e for ent, _ in
+                                                        per_state.values()):
             out[e] = df
             continue
         n = len(df)
@@ -494,8 +499,27 @@ def stack_tables(tables: dict[str, pd.DataFrame], states: Sequence[int | None],
             part["state_fips"] = state.astype(np.int64)
             part["county_fips"] = (pd.array(county, dtype=df["county_fips"].dtype)
                                    if "county_fips" in df.columns else county)
+        for col, (ent, values) in per_state.items():  # (n_copies, n) state decisions
+            if ent == e:
+                part[col] = np.asarray(values).reshape(-1)
         out[e] = part
     return out
+
+
+def state_takeup_values(tables: dict[str, pd.DataFrame], takeup, states: Sequence[int | None]
+                        ) -> np.ndarray:
+    """(len(states), n_entity) bool: ``takeup.decisions`` (a
+    :class:`~calibration_core.aca_takeup.StateTakeUp`) of every ``takeup.entity`` of ``tables``
+    placed in each state of ``states`` (None: its own household's state), keyed by the base
+    household id and the entity's rank, as the area assembler keys them."""
+    s = Structure.from_tables(tables)
+    e = takeup.entity
+    hh_id = s.ids["household"][s.household_index[e]]
+    home = tables["household"]["state_fips"].to_numpy().astype(np.int64)[s.household_index[e]]
+    rows = [home if st is None else np.full(len(hh_id), int(st), dtype=np.int64)
+            for st in states]
+    state = np.stack(rows) if rows else np.zeros((0, len(hh_id)), dtype=np.int64)
+    return takeup.decisions(hh_id[None, :], s.rank[e][None, :], state)
 
 
 def _microsimulation(tables: dict[str, pd.DataFrame], year: int, kind: str = "plain"):
@@ -827,6 +851,9 @@ def simulate_chunk(tables: dict[str, pd.DataFrame], states: Sequence[int],
         n = len(tables["household"])
         sim.set_input("state_fips", year, np.repeat(np.asarray(states, dtype=np.int64), n))
         sim.set_input("county_fips", year, np.repeat(np.asarray(counties), n))
+        for f in forced_true:
+            if not isinstance(f, tuple):  # a state take-up follows its copies' states
+                sim.set_input(f.input, year, state_takeup_values(tables, f, states).ravel())
         sim.branches.clear()
         sim.drop_computed_arrays()
         if getattr(sim, "router", None) is not None:
@@ -842,6 +869,8 @@ def simulate_chunk(tables: dict[str, pd.DataFrame], states: Sequence[int],
             out[v] = values.reshape(len(states), -1)
         if trace_into is not None:
             edges, unexplored = _trace_graph(sim)
+            # a state take-up input differs between state copies: what reads it depends on state
+            unexplored |= {f.input for f in forced_true if not isinstance(f, tuple)}
             router = getattr(sim, "router", None)
             gates = router.gates if router is not None else _state_gates(sim.tax_benefit_system)
             trace_into["dependence"] = classify_state_dependence(variables, edges, gates,
@@ -1455,6 +1484,7 @@ def simulate_states(
     county_classes: bool = True,
     n_probes: int = DEFAULT_PROBE_HOUSEHOLDS,
     probe_signature: str = "values",
+    state_takeup: Sequence = (),
 ) -> StateSimulations:
     """Simulate ``variables`` for every household of ``dataset_path`` in every state of ``states``
     and, with ``county_classes``, in every county class of each state.
@@ -1484,6 +1514,10 @@ def simulate_states(
     n_probes, probe_signature : the probe's households and signature
         (:func:`probe_county_classes`); with several workers each probes a part of the
         counties (:func:`probe_parts`: whole states).
+    state_takeup : :class:`~calibration_core.aca_takeup.StateTakeUp` inputs set per state copy
+        to that state's decision (the area files write the same per cell); one whose
+        variables are re-randomised (forced True) is left to the package. Recorded in the
+        metadata (``takeup_state_rates``).
 
     The first chunk runs traced: its dependency graph decides which variables cannot depend on
     the state (a formula it did not run, such as another state's rules, counts as
@@ -1505,6 +1539,7 @@ def simulate_states(
     variables = sorted(set(variables) | (set(FROZEN_AT_CLASS) if county_classes else set()))
     specs = takeup_specs_for(variables)
     forced = [(s.entity, s.input) for s in specs]
+    forced += [t for t in state_takeup if t.input not in {s.input for s in specs}]
     single = single_county_classes(county_table, population)
     several = county_table.groupby(county_table["district_geoid"] // 100)[
         "county_fips"].nunique()
@@ -1583,8 +1618,11 @@ def simulate_states(
         # the traced chunk is submitted first, so it never waits behind the others
         results = (map(_chunk_task, tasks, [tables] * len(tasks)) if pool is None
                    else pool.map(_chunk_task, tasks))
-        return _collect(results, tables, structure, variables, specs, classes, chunks, states,
-                        workers, year, log, t_start, probe_figures)
+        result = _collect(results, tables, structure, variables, specs, classes, chunks,
+                          states, workers, year, log, t_start, probe_figures)
+        result.metadata["takeup_state_rates"] = {t.input: t.as_dict() for t in state_takeup}
+        result.metadata["takeup_state_entities"] = {t.input: t.entity for t in state_takeup}
+        return result
     finally:
         _SIM_CACHE.clear()
         if pool is not None:
