@@ -94,15 +94,19 @@ def state_simulations(context: dg.AssetExecutionContext, config: StateSimulation
     state_takeup, aca_meta = [], {"aca_state_takeup": "off"}
     published = store.raw_dir / aca_takeup.PUBLISHED_FILE
     if config.aca_state_takeup and published.is_file():
-        takeup, table, figures = aca_takeup.calibrate(store.path(*MICRODATA), published, YEAR)
+        growth = store.raw_dir / aca_takeup.GROWTH_FILE
+        takeup, table, figures = aca_takeup.calibrate(store.path(*MICRODATA), published, YEAR,
+                                                      growth if growth.is_file() else None)
         state_takeup = [takeup]
         context.log.info(f"ACA take-up calibrated per state: {figures['eligible_units']:,.0f} "
-                         f"eligible tax units, {figures['published_units']:,.0f} SOI returns, "
+                         f"eligible tax units, {figures['published_units']:,.0f} SOI returns "
+                         f"(uprated to 2024), "
                          f"national rate {figures['national_rate']:.3f}")
         aca_meta = {"aca_state_takeup": _md(table.round(3), index=True),
                     "aca_eligible_units": round(figures["eligible_units"]),
                     "aca_eligible_credit_usd": round(figures["eligible_credit_usd"]),
                     "aca_published_units": round(figures["published_units"]),
+                    "aca_soi_returns_2022": round(figures["soi_returns_2022"]),
                     "aca_national_takeup_rate": round(figures["national_rate"], 4),
                     "aca_takeup_source": figures["source"]}
     elif config.aca_state_takeup:

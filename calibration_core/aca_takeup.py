@@ -11,12 +11,13 @@ What (a ratio calibration of the take-up rate, one per state ``s``):
 
     r_s = min(1, T_s / E_s)
 
-* ``T_s`` - published tax units with a credit: IRS SOI TY2022 returns with a premium tax credit,
-  ``aca_ptc_state.csv`` column ``Returns`` (Historical Table 2, N85770; policyengine-us-data
-  1.115.4 ``calibration_targets/``): 7.84 M returns, $53.9 B. 2022 is the latest year published
-  by state in the raw inputs; CMS effectuated enrolment with APTC grew by a factor of 1.56 from
-  2022 to 2024 (``aca_ptc_multipliers_2022_2024.csv`` of the same package), which is not applied:
-  the files are benchmarked on the SOI year (docs/data.md).
+* ``T_s`` - published tax units with a credit in 2024: IRS SOI TY2022 returns with a premium
+  tax credit, ``aca_ptc_state.csv`` column ``Returns`` (Historical Table 2, N85770;
+  policyengine-us-data 1.115.4 ``calibration_targets/``; 7.84 M returns, $53.9 B), times the
+  state's growth of Marketplace enrolment with APTC from 2022 to 2024, ``enroll_2024 /
+  enroll_2022`` of ``aca_ptc_multipliers_2022_2024.csv`` (same package; CMS; the reference's
+  ``vol_mult``, spec §5): 2022 is the latest year SOI publishes by state and the files are of
+  2024. Without that file the TY2022 counts are used as they are.
 * ``E_s`` - weighted tax units of the base microdata that policyengine-us gives a positive
   credit when they take it up (``aca_ptc > 0`` with ``takes_up_aca_if_eligible`` True), each
   household simulated in its own state and county (:func:`simulate_eligible`, one simulation).
@@ -52,8 +53,11 @@ from .io_utils import keyed_uniform
 INPUT = "takes_up_aca_if_eligible"
 ENTITY = "tax_unit"
 PUBLISHED_FILE = "aca_ptc_state.csv"
+GROWTH_FILE = "aca_ptc_multipliers_2022_2024.csv"
 PUBLISHED_SOURCE = ("IRS SOI TY2022 returns with a premium tax credit by state (Historical "
                     "Table 2, N85770), policyengine-us-data 1.115.4 aca_ptc_state.csv")
+GROWTH_SOURCE = ("x CMS Marketplace enrolment with APTC 2024 / 2022 by state, "
+                 "policyengine-us-data 1.115.4 aca_ptc_multipliers_2022_2024.csv")
 # eligible sample units at which a state's own estimate and the national one weigh alike
 SHRINK_UNITS = 20.0
 BASE_CLONE = -1  # = takeup_inputs.BASE_CLONE: the base draw's clone key
@@ -132,6 +136,35 @@ def read_published_units(path: str | os.PathLike) -> pd.Series:
     if missing:
         raise AcaTakeUpError(f"{path}: no row for state FIPS {missing}")
     return pd.Series(returns.to_numpy(), index=fips, name="published_units")
+
+
+def read_enrolment_growth(path: str | os.PathLike) -> pd.Series:
+    """``enroll_2024 / enroll_2022`` (float) indexed by state FIPS from
+    ``aca_ptc_multipliers_2022_2024.csv`` (``state`` = full state name, ``enroll_2022``,
+    ``enroll_2024``: Marketplace consumers with APTC). Raises :class:`AcaTakeUpError` for an
+    unknown name, a non-positive count or a missing state."""
+    from .areas import STATE_NAME
+    from .raw_inputs import read_csv_file
+
+    df = read_csv_file(path, "state, enroll_2022, enroll_2024", AcaTakeUpError)
+    need = {"state", "enroll_2022", "enroll_2024"}
+    if not need <= set(df.columns):
+        raise AcaTakeUpError(f"{path}: needs columns {sorted(need)}, has {list(df.columns)}")
+    by_name = {name: fips for fips, name in STATE_NAME.items()}
+    fips = df["state"].astype(str).str.strip().map(by_name)
+    if fips.isna().any():
+        raise AcaTakeUpError(f"{path}: unknown state {df['state'][fips.isna()].iloc[0]!r}")
+    old = pd.to_numeric(df["enroll_2022"], errors="coerce").to_numpy(dtype=float)
+    new = pd.to_numeric(df["enroll_2024"], errors="coerce").to_numpy(dtype=float)
+    bad = ~(np.isfinite(old) & np.isfinite(new) & (old > 0) & (new > 0))
+    if bad.any():
+        raise AcaTakeUpError(f"{path}: enrolment of {df['state'].iloc[np.flatnonzero(bad)[0]]} "
+                             "is not a positive number")
+    growth = pd.Series(new / old, index=fips.astype(int).to_numpy(), name="growth")
+    missing = sorted(set(STATE_ABBR) - set(growth.index))
+    if missing:
+        raise AcaTakeUpError(f"{path}: no row for state FIPS {missing}")
+    return growth
 
 
 def derive_state_rates(eligible: pd.DataFrame, published: pd.Series,
@@ -236,19 +269,27 @@ def simulate_eligible(dataset_path: str | os.PathLike, year: int = 2024
 
 
 def calibrate(dataset_path: str | os.PathLike, published_path: str | os.PathLike,
-              year: int = 2024) -> tuple[StateTakeUp, pd.DataFrame, dict]:
+              year: int = 2024, growth_path: str | os.PathLike | None = None
+              ) -> tuple[StateTakeUp, pd.DataFrame, dict]:
     """Rates for ``dataset_path`` from ``published_path`` (:func:`simulate_eligible`,
-    :func:`read_published_units`, :func:`derive_state_rates`): (the input's
-    :class:`StateTakeUp`, the per-state table, figures incl. the weighted national rate)."""
-    published = read_published_units(published_path)
+    :func:`read_published_units` times :func:`read_enrolment_growth` of ``growth_path`` when
+    given, :func:`derive_state_rates`): (the input's :class:`StateTakeUp`, the per-state table
+    with ``soi_returns_2022`` and ``growth``, figures incl. the weighted national rate)."""
+    soi = read_published_units(published_path)
+    growth = (read_enrolment_growth(growth_path).reindex(soi.index) if growth_path is not None
+              else pd.Series(1.0, index=soi.index))
+    published = soi * growth
     eligible, figures = simulate_eligible(dataset_path, year)
     table = derive_state_rates(eligible, published)
+    table.insert(1, "soi_returns_2022", soi.reindex(table.index).to_numpy())
+    table.insert(2, "growth", growth.reindex(table.index).to_numpy())
     takeup = StateTakeUp(INPUT, ENTITY, tuple((int(f), float(r))
                                               for f, r in table["rate"].items()))
     figures["published_units"] = float(table["published_units"].sum())
     figures["national_rate"] = float((table["rate"] * table["eligible_units"]).sum()
                                      / table["eligible_units"].sum())
-    figures["source"] = PUBLISHED_SOURCE
+    figures["soi_returns_2022"] = float(soi.sum())
+    figures["source"] = PUBLISHED_SOURCE + (" " + GROWTH_SOURCE if growth_path else "")
     return takeup, table, figures
 
 

@@ -118,6 +118,10 @@ RAW_FILES: tuple[RawFile, ...] = (
             _PED + "calibration_targets/aca_ptc_state.csv",
             "IRS SOI", "premium tax credit returns and amount by state, TY2022 (in55cmcsv; "
             "national aggregates check)", required=False),
+    RawFile("aca_ptc_multipliers_2022_2024.csv", "policyengine-us-data",
+            _PED + "aca_ptc_multipliers_2022_2024.csv",
+            "CMS", "Marketplace enrolment with APTC by state, 2022 and 2024 (ACA take-up: SOI "
+            "TY2022 returns uprated to 2024)", required=False),
     RawFile("cps.csv.gz", "taxcalc", "taxcalc-6.8.0/taxcalc/cps.csv.gz",
             "Census CPS ASEC via PSLmodels/taxdata", "280,005 CPS ASEC tax units, 2012-2014"),
     RawFile("cps_weights.csv.gz", "taxcalc", "taxcalc-6.8.0/taxcalc/cps_weights.csv.gz",
@@ -435,6 +439,10 @@ def validate_raw_folder(folder: str | os.PathLike) -> None:
         from .national_check import read_soi_ptc
 
         read_soi_ptc(folder / "aca_ptc_state.csv")
+    if has("aca_ptc_multipliers_2022_2024.csv"):
+        from .aca_takeup import read_enrolment_growth
+
+        read_enrolment_growth(folder / "aca_ptc_multipliers_2022_2024.csv")
     for name in ("district_mapping.csv", "national_and_district_rents_2023.csv"):
         if has(name):
             read_csv_file(folder / name, f"the {name} table of {RAW_BY_NAME[name].agency}")

@@ -168,3 +168,21 @@ def test_state_copies_and_area_files_carry_the_same_decisions():
     build = asm.build_area_tables(base, geo, w, None, [spec], None, None, [takeup])
     redrawn = build.tables["tax_unit"][at.INPUT].to_numpy()
     assert not np.array_equal(redrawn, copies.ravel())
+
+
+def test_enrolment_growth_uprates_the_soi_counts(tmp_path):
+    from calibration_core.areas import STATE_NAME
+
+    path = tmp_path / "aca_ptc_multipliers_2022_2024.csv"
+    rows = "".join(f"{STATE_NAME[int(f)]},{100},{150 if f == 36 else 200},0\n" for f in STATES)
+    path.write_text("state,enroll_2022,enroll_2024,vol_mult\n" + rows)
+    growth = at.read_enrolment_growth(path)
+    assert growth[36] == pytest.approx(1.5) and growth[6] == pytest.approx(2.0)
+    path.write_text("state,enroll_2022,enroll_2024,vol_mult\n" + rows.replace("New York,100",
+                                                                               "New York,0"))
+    with pytest.raises(at.AcaTakeUpError, match="New York"):
+        at.read_enrolment_growth(path)
+    path.write_text("state,enroll_2022,enroll_2024,vol_mult\n" + rows.replace("New York",
+                                                                               "Nova York"))
+    with pytest.raises(at.AcaTakeUpError, match="Nova York"):
+        at.read_enrolment_growth(path)

@@ -239,8 +239,11 @@ def derive_disability(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.Dat
 # inputs the main programs read that no column of the CPS file gives and nothing here imputes:
 # (input, what it makes unreliable). Written into the dataset metadata and docs/data.md.
 NOT_AVAILABLE: tuple[tuple[str, str], ...] = (
-    ("offered_aca_disqualifying_esi", "aca_ptc: only current ESI (has_esi) bars the credit"),
-    ("has_marketplace_health_coverage_at_interview", "ACA take-up is not anchored on reports"),
+    ("offered_aca_disqualifying_esi", "aca_ptc: only current ESI (has_esi) bars the credit; "
+                                      "the count of credit units is calibrated per state "
+                                      "(calibration_core.aca_takeup), not who they are"),
+    ("has_marketplace_health_coverage_at_interview", "ACA take-up is not anchored on reports "
+                                                     "(calibrated per state to SOI returns)"),
     ("immigration_status", "everyone is a citizen: SNAP, SSI, Medicaid, ACA and EITC "
                            "immigrant rules never bind"),
     ("months_receiving_social_security_disability", "Medicare via SSDI under 65 is not "
