@@ -2,10 +2,15 @@
 
 Why: the CPS file has no Marketplace enrolment, no immigration status and no employer offers
 (``offered_aca_disqualifying_esi``), so policyengine-us finds far more tax units eligible for a
-premium tax credit than claim one (demo build before this: 46.4 M eligible persons, 29.8 M tax
-units with a credit at policyengine-us-data's flat 0.672 take-up against 7.84 M SOI returns, and
-$8.86 B for New York against $0.49 B). A flat rate cannot fix that state by state: New York's
-Essential Plan, Medicaid expansion and premiums move the eligible pool of each state differently.
+premium tax credit than claim one (demo build: 26.5 M eligible tax units in the base file,
+33.8 M in the national file, against 7.84 M SOI returns). A flat rate (policyengine-us-data's
+0.672) cannot match that state by state: Medicaid expansion, Basic Health Programs and premiums
+move the eligible pool of each state differently.
+
+What it does not do: policyengine-us 2.68.0 pays ``aca_ptc`` to every eligible tax unit that
+files a return (``files_return_for_aca_ptc = tax_unit_is_filer | (takes_up & credit > 0)``),
+and eligibility for a refundable credit makes a unit file, so ``aca_ptc`` barely depends on this
+input; ``assigned_aca_ptc``, ``person_receives_aca`` and the Marketplace premium proxies do.
 
 What (a ratio calibration of the take-up rate, one per state ``s``):
 

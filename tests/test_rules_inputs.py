@@ -251,12 +251,18 @@ def test_national_check_flags_totals_outside_tolerance(tmp_path):
     status = dict(zip(table["variable"] + "|" + table["source"], table["status"]))
     soi_ptc = next(k for k in status if k.startswith("aca_ptc|IRS SOI"))
     assert status[soi_ptc] == "FLAG"  # 120 / 53.9 = 2.2 > 2
+    # the taken-up credit is checked on its own: 1.0 (set above) of 53.9 bn is far below 0.5
+    assert status[next(k for k in status if k.startswith("assigned_aca_ptc|IRS SOI"))] == "FLAG"
+    totals["assigned_aca_ptc"] = 105.9e9  # the demo build's: 1.96, inside the factor of 2
+    table = nc.compare(totals, published)
+    assert table.loc[(table["variable"] == "assigned_aca_ptc")
+                     & table["source"].str.startswith("IRS SOI"), "status"].item() == "ok"
     assert status[next(k for k in status if k.startswith("eitc|IRS SOI"))] == "ok"
     assert status[next(k for k in status if k.startswith("snap|"))] == "no reference"
     totals["aca_ptc"] = 100e9  # 1.86: inside the factor of 2
     table = nc.compare(totals, published)
-    assert table.loc[table["source"].str.startswith("IRS SOI TY2022 premium"),
-                     "status"].item() == "ok"
+    assert table.loc[table["source"].str.startswith("IRS SOI TY2022 premium")
+                     & (table["variable"] == "aca_ptc"), "status"].item() == "ok"
     totals["eitc"] = float("nan")
     table = nc.compare(totals, published)
     assert table.loc[table["source"].str.startswith("IRS SOI TY2022 EITC"),
@@ -291,7 +297,8 @@ def test_national_check_parameter_figures_and_bad_file(tmp_path):
             "spending": Node(children={"CA": Node(1e9)})})})}),
     })})})
     published = nc.published_figures(_raw(tmp_path), params)
-    aca = published[published["source"].str.startswith("KFF APTC")]["published"].item()
+    aca = published[published["source"].str.startswith("KFF APTC")
+                    & (published["variable"] == "aca_ptc")]["published"].item()
     assert aca == 5e9
     assert published.loc[published["source"].str.startswith("Treasury"), "published"].item() \
         == 67e9
@@ -304,7 +311,8 @@ def test_national_check_without_optional_soi_file_has_no_reference(tmp_path):
     raw = _raw(tmp_path)
     (raw / "aca_ptc_state.csv").unlink()
     published = nc.published_figures(raw, parameters=None)
-    row = published[published["source"].str.startswith("IRS SOI TY2022 premium")]
+    row = published[published["source"].str.startswith("IRS SOI TY2022 premium")
+                    & (published["variable"] == "aca_ptc")]
     assert np.isnan(row["published"].item())
     table = nc.compare({v: 1e9 for v in nc.VARIABLES}, published)
     assert table.loc[row.index, "status"].item() == "no reference"
