@@ -333,7 +333,7 @@ def probe_parts(cw: pd.DataFrame, parts: int) -> list[pd.DataFrame]:
 
 def _probe_task(args):
     """:func:`probe_signatures` in a worker (reads the dataset); start-up seconds in figures."""
-    from .h5_dataset import read_dataset
+    from ..h5_dataset import read_dataset
 
     path, variables, counties, year, forced, n_probes, signature = args
     cpu = time.process_time()

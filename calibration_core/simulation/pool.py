@@ -99,7 +99,7 @@ def simulate_states(
 
     Returns :class:`StateSimulations`.
     """
-    from .h5_dataset import read_dataset
+    from ..h5_dataset import read_dataset
 
     t_start = time.time()
     tables, file_year = read_dataset(dataset_path)
@@ -119,7 +119,7 @@ def simulate_states(
     probe = bool(county_classes) and bool((several > 1).any())
     pool = None
     if workers > 1:
-        from .process_lifetime import worker_pool
+        from ..process_lifetime import worker_pool
 
         # spawn workers that die with this process (a SIGKILLed build must not leave them
         # finishing their chunks and idling at ~1.8 GB each)

@@ -161,7 +161,7 @@ def _simulation_classes() -> dict:
     policyengine-us is not imported yet)."""
     if _SIMULATION_CLASSES:
         return _SIMULATION_CLASSES
-    from . import engine_speedups
+    from .. import engine_speedups
 
     engine_speedups.install_start_speedup()  # before policyengine-us builds its system
     from policyengine_core.periods import Period
@@ -406,7 +406,7 @@ def _chunk_task(args, tables: dict[str, pd.DataFrame] | None = None):
     path, states, variables, counties, year, forced_true, trace, route = args
     cpu = time.process_time()
     if tables is None:
-        from .h5_dataset import read_dataset
+        from ..h5_dataset import read_dataset
 
         tables, _ = read_dataset(path)
     t0 = time.time()
