@@ -324,6 +324,11 @@ def test_national_check_reads_every_policyengine_parameter(tmp_path):
 
     published = nc.published_figures(_raw(tmp_path), CountryTaxBenefitSystem().parameters)
     params = published[published["source"].str.contains("policyengine-us parameter")]
-    assert len(params) == 8 and (params["published"] > 1e9).all(), params.to_string()
+    expected = sorted(c.variable for c in nc.CHECKS if c.kind == "param")
+    assert len(expected) == 9  # 7 variables; aca_ptc and assigned_aca_ptc share KFF's APTC
+    assert sorted(params["variable"]) == expected, params.to_string()
+    assert (params["published"] > 1e9).all(), params.to_string()
+    kff = params.loc[params["variable"].isin(["aca_ptc", "assigned_aca_ptc"]), "published"]
+    assert kff.nunique() == 1, params.to_string()
     snap = published.loc[published["variable"] == "snap", "published"].item()
     assert 50e9 < snap < 150e9
