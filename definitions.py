@@ -16,6 +16,7 @@ import assets.raw_inputs
 import assets.microdata
 import assets.package
 import assets.release
+import assets.validation
 import assets.targets_db
 from jobs import ALL_JOBS
 from jobs.executors import build_executor
@@ -27,7 +28,7 @@ from resources.store import store_from_env
 from sensors import ALL_SENSORS
 
 ASSET_MODULES = [assets.raw_inputs, assets.targets_db, assets.microdata, assets.package,
-                 assets.fit, assets.areas, assets.release]
+                 assets.fit, assets.areas, assets.validation, assets.release]
 
 
 def build_publisher():

@@ -60,12 +60,18 @@ def step_cost(start: _Usage) -> dict[str, dg.MetadataValue]:
 def _with_cost(event, start: _Usage):
     if isinstance(event, dg.MaterializeResult):
         return event._replace(metadata={**(event.metadata or {}), **step_cost(start)})
+    if isinstance(event, dg.Output):  # the ops of a graph-backed asset
+        return event.with_metadata({**(event.metadata or {}), **step_cost(start)})
+    if isinstance(event, dg.DynamicOutput):
+        return dg.DynamicOutput(event.value, event.mapping_key, event.output_name,
+                                metadata={**(event.metadata or {}), **step_cost(start)})
     return event
 
 
 def measured(fn):
-    """Decorate an asset function (under ``@dg.asset``) so that the ``MaterializeResult`` it
-    returns, or each one it yields, carries :func:`step_cost` metadata measured from the call's
+    """Decorate an asset function (under ``@dg.asset``), or an op of a graph-backed asset, so
+    that the ``MaterializeResult`` (or ``Output``, ``DynamicOutput``) it returns, or each one it
+    yields, carries :func:`step_cost` metadata measured from the call's
     start to that event. Other events (per-partition ``AssetMaterialization``s) pass unchanged. The signature Dagster inspects (context, config, resources) is the
     function's own (``functools.wraps``)."""
     if inspect.isgeneratorfunction(fn):

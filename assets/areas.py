@@ -1,9 +1,9 @@
-"""Group ``areas``: the 488 area datasets, the national dataset and the validation report.
+"""Group ``areas``: the 488 area datasets and the national dataset (the validation report, a
+graph of steps, is in ``assets/validation.py``).
 
 Artifacts (under the store root): ``areas/states/CA.h5``, ``areas/districts/CA-12.h5``,
 ``areas/cities/NYC.h5`` (one per partition of :data:`area_partitions`),
-``areas/national/US.h5``, ``areas/validation/validation_results.csv`` and
-``areas/validation/summary.json``.
+``areas/national/US.h5``.
 
 ``area_datasets`` is partitioned by the 488 area keys and backfilled in batches
 (``BackfillPolicy.multi_run``): one run builds up to :data:`AREAS_PER_RUN` partitions, loading
@@ -32,16 +32,13 @@ from assets._metadata import markdown_table as _md, measured
 from assets._code_version import code_version
 from calibration_core import aca_takeup
 from calibration_core import assembly as asm
-from calibration_core import national_check
-from calibration_core import validation as val
 from calibration_core.areas import STATE_FIPS, all_area_keys, parse_area_key
 from calibration_core.fit import load_fit_weights
 from calibration_core.geography import load_geography
 from calibration_core.h5_dataset import read_dataset, validate_tables, write_dataset
-from calibration_core.io_utils import atomic_path, atomic_write_json, sha256_file
-from calibration_core.package_io import METADATA_FILE, load_package
+from calibration_core.io_utils import sha256_file
+from calibration_core.package_io import METADATA_FILE
 from calibration_core.simulation import load_state_simulations
-from resources.settings import BuildSettings
 from resources.store import ArtifactStore
 
 YEAR = 2024
@@ -54,10 +51,6 @@ WEIGHTS = {"regional": ("calibration", "regional", "weights.npy"),
 AREA_FOLDERS = ("areas/states", "areas/districts", "areas/cities")
 AREAS = "areas"
 NATIONAL_FILE = ("areas", "national", "US.h5")
-REPORT_CSV = ("areas", "validation", "validation_results.csv")
-NATIONAL_AGGREGATES_CSV = ("areas", "validation", "national_aggregates.csv")
-SUMMARY_JSON = ("areas", "validation", "summary.json")
-COUNTY_SHARES_CSV = ("areas", "validation", "county_shares.csv")
 AREAS_PER_RUN = 100  # partitions per backfill run (488 -> 5 runs)
 
 area_partitions = dg.StaticPartitionsDefinition(all_area_keys())
@@ -69,12 +62,6 @@ class AreaConfig(dg.Config):
     # every household of a state in the one county its state's copy was simulated at (the
     # representative-county mode, with county_classes off)
     county: str = "clone"
-
-
-class ValidationConfig(dg.Config):
-    areas: Optional[str] = None  # "all" | "sample"; None: the preset's validation_areas
-    max_households_per_simulation: int = val.MAX_HOUSEHOLDS_PER_SIMULATION
-    states_per_simulation: int = val.STATES_PER_SIMULATION
 
 
 def area_path(store: ArtifactStore, key: str) -> Path:
@@ -302,211 +289,3 @@ def national_dataset(context: dg.AssetExecutionContext, config: AreaConfig,
     meta["county_source"] = inputs.county
     context.log.info(f"national file: {build.households} households, {build.persons} persons")
     return dg.MaterializeResult(metadata=meta)
-
-
-@dg.asset(
-    group_name="areas",
-    deps=[area_datasets, national_dataset, "calibration_package", "regional_weights",
-          "national_weights"],
-    kinds={"python", "csv"},
-    code_version=code_version("assets.areas", "calibration_core.validation",
-                              "calibration_core.assembly", simulates=True),
-    description=(
-        "For every area of the report (all 488 by default; a sample with every kind when the "
-        "preset says so) and the national file, every target of its geography (in-sample and "
-        "hold-out): target, the total policyengine-us computes from the file, X·w, errors and "
-        "sanity ceilings (`areas/validation/validation_results.csv`, `summary.json`). The files "
-        "are stacked into a few simulations of several files each (ids offset per file; a few "
-        "states per simulation, the national file split by state), not one per file."
-    ),
-)
-@measured
-def validation_report(context: dg.AssetExecutionContext, config: ValidationConfig,
-                      store: ArtifactStore, settings: BuildSettings) -> dg.MaterializeResult:
-    t0 = time.perf_counter()
-    store.sweep_temporaries(context, "areas/validation")
-    preset = settings.resolve()
-    mode = config.areas or preset.validation_areas
-    areas = val.areas_for_report(mode)
-    package = load_package(store.path(*PACKAGE))
-    inputs = _Inputs(store, "regional", "clone")  # geography and cells only
-    national_w = _fit_weights(store.path(*WEIGHTS["national"]), "national")
-    national_w = asm.check_weights(national_w, inputs.geo, "national weights")
-    keys, kinds, tables, cells, wix = [], [], [], [], []
-    for area in areas:
-        path = area_path(store, area.key)
-        if not path.is_file():
-            raise FileNotFoundError(f"area file {path} ({area.key}) does not exist: "
-                                    "materialize area_datasets first")
-        t, _ = read_dataset(path)
-        keys.append(area.key)
-        kinds.append(area.kind)
-        tables.append(t)
-        cells.append(asm.active_cells(inputs.weights, asm.area_cell_mask(inputs.geo, area)))
-        wix.append(0)
-    national_path = store.path(*NATIONAL_FILE)
-    t, _ = read_dataset(national_path)
-    keys.append("national-US")
-    kinds.append("national")
-    tables.append(t)
-    cells.append(asm.active_cells(national_w, np.ones_like(national_w, dtype=bool)))
-    wix.append(1)
-    area_set = val.AreaSet(keys, kinds, tables, cells, wix)
-    report = val.validate_areas(
-        area_set, package.targets, package.matrix,
-        [inputs.weights.reshape(-1), national_w.reshape(-1)], inputs.geo.n_records, YEAR,
-        max_households_per_simulation=config.max_households_per_simulation,
-        states_per_simulation=config.states_per_simulation, log=context.log.info)
-    summary = val.summarize(report)
-    # national aggregates against published figures (issue 20; spec §6.6)
-    aggregates = national_check.national_aggregates(national_path, store.raw_dir, YEAR)
-    with atomic_path(store.path(*NATIONAL_AGGREGATES_CSV), suffix=".csv") as tmp:
-        aggregates.to_csv(tmp, index=False, float_format="%.10g")
-    csv_path = store.path(*REPORT_CSV)
-    with atomic_path(csv_path, suffix=".csv") as tmp:
-        report.to_csv(tmp, index=False, float_format="%.10g")
-    in_sample = report[~report["holdout"]]
-    bad = in_sample[~in_sample["consistent"]]
-    summary_obj = {
-        "mode": mode, "areas": len(keys) - 1, "national": True, "rows": len(report),
-        "tolerance": val.CONSISTENCY_TOLERANCE,
-        "inconsistent_in_sample": int(len(bad)),
-        "sanity_failures": int((report["sanity_check"] == "FAIL").sum()),
-        "by_level": json.loads(summary.to_json(orient="records")),
-        "report_sha256": sha256_file(csv_path),
-        "national_aggregates": json.loads(aggregates.to_json(orient="records")),
-        "national_aggregates_flagged": int((aggregates["status"] == "FLAG").sum()),
-    }
-    shares = _county_shares(store, package.targets)
-    with atomic_path(store.path(*COUNTY_SHARES_CSV), suffix=".csv") as tmp:
-        shares.to_csv(tmp, index=False, float_format="%.6g")
-    summary_obj["county_shares_flagged"] = shares.loc[shares["flagged"], "state"].tolist()
-    summary_obj["county_tvd_median"] = round(float(shares["tvd"].median()), 4)
-    atomic_write_json(store.path(*SUMMARY_JSON), summary_obj)
-    worst = report.sort_values("xw_rel_diff", ascending=False).head(10)[
-        ["area", "target_name", "sim_value", "xw_value", "xw_rel_diff"]]
-    return dg.MaterializeResult(metadata={
-        "mode": mode, "areas": len(keys) - 1, "rows": len(report),
-        "summary": _md(summary.round(4)),
-        "inconsistent_in_sample": int(len(bad)),
-        "max_xw_rel_diff_in_sample": float(in_sample["xw_rel_diff"].max())
-        if len(in_sample) else 0.0,
-        "sanity_failures": summary_obj["sanity_failures"],
-        "worst_consistency": _md(worst),
-        "national_aggregates": dg.MetadataValue.md(national_check.to_markdown(aggregates)),
-        "national_aggregates_flagged": summary_obj["national_aggregates_flagged"],
-        "path": dg.MetadataValue.path(str(csv_path)),
-        "county_tvd_median": summary_obj["county_tvd_median"],
-        "county_shares_flagged": ", ".join(summary_obj["county_shares_flagged"]) or "none",
-        "seconds": round(time.perf_counter() - t0, 1),
-    })
-
-
-def _county_shares(store: ArtifactStore, targets: pd.DataFrame) -> pd.DataFrame:
-    """Per state file: its weighted county shares (persons) against the population shares
-    expected from the district populations and P(county | district) (TVD, the TVD sampling
-    alone would give, flagged: ``geography.county_share_report``)."""
-    from calibration_core import geography as geo_mod
-    from calibration_core.areas import STATES
-    from calibration_core.raw_inputs import raw_path
-
-    county = geo_mod.load_county_table(raw_path(store.raw_dir, geo_mod.COUNTY_TABLE_FILE))
-    try:
-        population = geo_mod.district_population(targets)
-    except geo_mod.GeographyError:  # no district populations in the package: districts equal
-        population = pd.Series(1.0, index=county["district_geoid"].unique())
-    expected = geo_mod.expected_county_shares(county, population)
-    rows = []
-    for abbr, fips, _, _ in STATES:
-        path = area_path(store, f"state-{abbr}")
-        if not path.is_file():
-            continue
-        tables, _ = read_dataset(path)
-        hh = tables["household"]
-        persons = np.bincount(tables["person"]["person_household_id"].to_numpy(),
-                              minlength=len(hh))
-        summary, _ = geo_mod.county_share_report(
-            fips, hh["county_fips"].astype(str).to_numpy(),
-            hh["household_weight"].to_numpy(float) * persons, expected)
-        rows.append(summary)
-    return pd.DataFrame(rows, columns=["state", "counties_expected", "counties_in_file", "tvd",
-                                       "noise_tvd", "effective_households", "flagged",
-                                       "largest_gap_county"])
-
-
-def _report(store: ArtifactStore) -> pd.DataFrame:
-    return pd.read_csv(store.path(*REPORT_CSV), dtype={"geo_id": str})
-
-
-@dg.asset_check(asset=validation_report, blocking=True,
-                description="|Microsimulation total - X·w| <= 0.5% of max(|X·w|, 1) for every "
-                            "in-sample target of every area in the report.")
-def xw_consistency(store: ArtifactStore) -> dg.AssetCheckResult:
-    report = _report(store)
-    rows = report[~report["holdout"].astype(bool)]
-    bad = rows[~rows["consistent"].astype(bool)]
-    return dg.AssetCheckResult(
-        passed=bad.empty,
-        metadata={"in_sample_rows": len(rows), "inconsistent": len(bad),
-                  "max_xw_rel_diff": float(rows["xw_rel_diff"].max()) if len(rows) else 0.0,
-                  "worst": _md(bad.sort_values("xw_rel_diff", ascending=False).head(20)[
-                      ["area", "target_name", "sim_value", "xw_value", "xw_rel_diff"]])
-                  if len(bad) else "none"})
-
-
-@dg.asset_check(asset=validation_report, blocking=True,
-                description="Every simulated total is finite and under its level's sanity "
-                            "ceiling (dollars / persons / households).")
-def sanity_ceilings(store: ArtifactStore) -> dg.AssetCheckResult:
-    report = _report(store)
-    bad = report[report["sanity_check"] == "FAIL"]
-    return dg.AssetCheckResult(
-        passed=bad.empty,
-        metadata={"rows": len(report), "failures": len(bad),
-                  "details": _md(bad.head(20)[["area", "target_name", "sanity_reason"]])
-                  if len(bad) else "none"})
-
-
-@dg.asset_check(asset=validation_report, blocking=False,
-                description="The national file's totals (income tax, EITC, CTC, SNAP, SSI, "
-                            "Medicaid, ACA PTC, TANF, Social Security, ...) against published "
-                            "figures (CBO/Treasury/KFF via policyengine-us parameters, IRS SOI "
-                            "raw files): every ratio inside its declared tolerance. A warning, "
-                            "not a release gate.")
-def national_aggregates(store: ArtifactStore) -> dg.AssetCheckResult:
-    table = pd.read_csv(store.path(*NATIONAL_AGGREGATES_CSV))
-    flagged = table[table["status"] == "FLAG"]
-    return dg.AssetCheckResult(
-        passed=flagged.empty, severity=dg.AssetCheckSeverity.WARN,
-        metadata={"flagged": len(flagged),
-                  "flagged_variables": ", ".join(flagged["variable"]) or "none",
-                  "table": dg.MetadataValue.md(national_check.to_markdown(table))})
-
-
-@dg.asset_check(asset=validation_report, blocking=False,
-                description="Each state file's weighted county shares (persons) against the "
-                            "population shares expected from district populations and "
-                            "P(county | district): total variation distance per state; a state "
-                            "more than 0.10 above the TVD its sample size alone explains is "
-                            "flagged. A warning, not a release gate.")
-def county_shares(store: ArtifactStore) -> dg.AssetCheckResult:
-    table = pd.read_csv(store.path(*COUNTY_SHARES_CSV))
-    flagged = table[table["flagged"].astype(bool)]
-    return dg.AssetCheckResult(
-        passed=flagged.empty, severity=dg.AssetCheckSeverity.WARN,
-        metadata={"flagged": len(flagged), "flagged_states": ", ".join(flagged["state"]) or
-                  "none", "tvd_median": round(float(table["tvd"].median()), 4),
-                  "table": _md(table.sort_values("tvd", ascending=False).round(4))})
-
-
-@dg.asset_check(asset=validation_report, blocking=True,
-                description="All area files (states, districts, the catalog's cities) and the "
-                            "national file exist.")
-def area_files_complete(store: ArtifactStore) -> dg.AssetCheckResult:
-    missing = [k for k in all_area_keys() if not area_path(store, k).is_file()]
-    national = store.path(*NATIONAL_FILE).is_file()
-    return dg.AssetCheckResult(
-        passed=not missing and national,
-        metadata={"area_files": len(all_area_keys()) - len(missing),
-                  "missing": ", ".join(missing[:50]) or "none",
-                  "national_file": national})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -154,3 +155,24 @@ def read_dataset(path: str | os.PathLike) -> tuple[dict[str, pd.DataFrame], int]
         columns[match[0]][name] = values
     tables = {e: pd.DataFrame(columns[e]) for e in ENTITIES}
     return tables, int(years.pop())
+
+
+def read_columns(path: str | os.PathLike, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Only the variables ``names`` of a file written by :func:`write_dataset` (one year):
+    ``{name: (n_entity,) array}``, bytes decoded to str; a missing name raises
+    :class:`DatasetError`. Cheaper than :func:`read_dataset` when a few columns suffice."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"dataset {path} does not exist")
+    out = {}
+    with h5py.File(path, "r") as f:
+        for name in names:
+            group = f.get(name)
+            if not isinstance(group, h5py.Group) or len(group.keys()) != 1:
+                raise DatasetError(f"{path}: no variable /{name} holding one year's array")
+            (year_key,) = group.keys()
+            values = group[year_key][()]
+            out[name] = values.astype(str) if values.dtype.kind == "S" else values
+    return out

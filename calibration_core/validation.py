@@ -319,30 +319,66 @@ def validate_areas(
     max_households_per_simulation, states_per_simulation : bounds of one stacked simulation
         (memory: about 90 kB per household; see :func:`_groups`). Files are stacked
         whole, except the national file, which is split by state.
+
+    The three parts an orchestrator may run as separate steps: :func:`plan_validation`,
+    :func:`simulate_group` for every group of the plan (any process; each needs only its
+    group's files), :func:`finish_validation`.
     """
+    plan = plan_validation(area_set, targets, max_households_per_simulation,
+                           states_per_simulation)
+    log(f"validating {len(area_set.keys)} files in {len(plan.groups)} stacked simulation(s)")
+    totals = [simulate_group(area_set, plan, g, year, log) for g in range(len(plan.groups))]
+    return finish_validation(area_set, targets, matrix, weights, n_records, plan, totals)
+
+
+@dataclass
+class ValidationPlan:
+    """What the report scores and how the files are simulated.
+
+    ``rows``: one row per (area, target row) scored: ``a`` (area index), ``row`` (target
+    row), ``city``, ``family`` (index into ``families``), ``district`` (NYC rows: the
+    district); ``families``: ``(variable, constraint text)`` of each family; ``pieces``:
+    ``(area index, state FIPS)`` of each stacked piece, in stacking order (an area file whole,
+    the national file one piece per state); ``groups``: the pieces of each stacked simulation.
+    """
+
+    rows: pd.DataFrame
+    families: list[tuple[str, str]]
+    pieces: list[tuple[int, int]]
+    piece_households: list[int]
+    groups: list[list[int]]
+
+
+@dataclass
+class GroupTotals:
+    """One group's weighted totals: ``area`` (n_families, n_areas) per family and area, and
+    for NYC's districts ``city`` {(family, area, district): total}."""
+
+    area: np.ndarray
+    city: dict
+
+
+def plan_validation(area_set: AreaSet, targets: pd.DataFrame,
+                    max_households_per_simulation: int = MAX_HOUSEHOLDS_PER_SIMULATION,
+                    states_per_simulation: int = STATES_PER_SIMULATION) -> ValidationPlan:
+    """The rows scored, the families and the stacked groups (:class:`ValidationPlan`); needs
+    ``area_set.tables`` (households and their states, NYC's districts)."""
     need = {"name", "value", "holdout", "achievable", "variable", "geo_level", "geo_id",
             "constraints"}
     if not need <= set(targets.columns):
         raise ValidationError(f"targets table lacks {sorted(need - set(targets.columns))}")
-    if matrix.shape[0] != len(targets):
-        raise ValidationError(f"matrix has {matrix.shape[0]} rows, targets {len(targets)}")
     n_areas = len(area_set.keys)
     if not (len(area_set.kinds) == len(area_set.tables) == len(area_set.cells)
             == len(area_set.weight_index) == n_areas):
         raise ValidationError("area set lists differ in length")
-    weights = [np.asarray(w, dtype=np.float64) for w in weights]
-    for w in weights:
-        if w.shape != (matrix.shape[1],):
-            raise ValidationError(f"weights have shape {w.shape}, matrix {matrix.shape}")
     targets = targets.reset_index(drop=True)
     cons_text = targets["constraints"].fillna("").astype(str).to_numpy()
     variable = targets["variable"].to_numpy().astype(str)
-    cons_of = {c: parse_constraints(c) for c in np.unique(cons_text)}
     family_code, families = pd.factorize(pd.Series(variable) + "|" + pd.Series(cons_text))
     family_list = [(variable[np.flatnonzero(family_code == i)[0]],
                     cons_text[np.flatnonzero(family_code == i)[0]]) for i in range(len(families))]
 
-    # plan: one row per (area, target row) scored
+    # one row per (area, target row) scored
     parts = []
     for a in range(n_areas):
         kind = area_set.kinds[a]
@@ -363,72 +399,111 @@ def validate_areas(
 
     # pieces: each area file whole, the national file split by state; simulated in groups of
     # a few states (ordered by state); each needed variable once per group
-    pieces, piece_area, piece_state = [], [], []
+    pieces, sizes = [], []
     for a in range(n_areas):
-        t = area_set.tables[a]
-        st = t["household"]["state_fips"].to_numpy()
+        st = area_set.tables[a]["household"]["state_fips"].to_numpy()
         if len(st) == 0:
             continue  # an empty file: every total is 0
         if area_set.kinds[a] == "national":
-            for s_ in np.unique(st):
-                pieces.append(subset_tables(t, st == s_))
-                piece_area.append(a)
-                piece_state.append(int(s_))
+            for s_, n_ in zip(*np.unique(st, return_counts=True)):
+                pieces.append((a, int(s_)))
+                sizes.append(int(n_))
         else:
-            pieces.append(t)
-            piece_area.append(a)
-            piece_state.append(int(st[0]))
-    order = sorted(range(len(pieces)), key=lambda i: (piece_state[i], piece_area[i]))
+            pieces.append((a, int(st[0])))
+            sizes.append(len(st))
+    order = sorted(range(len(pieces)), key=lambda i: (pieces[i][1], pieces[i][0]))
     pieces = [pieces[i] for i in order]
-    piece_area = np.asarray([piece_area[i] for i in order], dtype=np.int64)
-    piece_state = np.asarray([piece_state[i] for i in order], dtype=np.int64)
-    piece_size = np.array([len(t["household"]) for t in pieces], dtype=np.int64)
-    plan_area = plan["a"].to_numpy()
-    plan_family = plan["family"].to_numpy()
-    city_areas = np.unique(plan_area[plan["city"].to_numpy()])
-    fam_area = np.zeros((len(family_list), n_areas))  # weighted totals per family and area
-    fam_city: dict[tuple[int, int, int], float] = {}  # (family, area, district) for NYC
-    groups = _groups(piece_state, piece_size, states_per_simulation,
+    sizes = [sizes[i] for i in order]
+    groups = _groups(np.asarray([p[1] for p in pieces], dtype=np.int64),
+                     np.asarray(sizes, dtype=np.int64), states_per_simulation,
                      max_households_per_simulation)
-    log(f"validating {n_areas} files in {len(groups)} stacked simulation(s)")
-    for group in groups:
-        areas_here = np.unique(piece_area[group])
-        fams = np.unique(plan_family[np.isin(plan_area, areas_here)])
-        if not len(fams):
-            continue
-        needed = [(family_list[f][0], cons_of[family_list[f][1]]) for f in fams]
-        variables = sorted({v for v, _ in needed if v not in COUNT_VARIABLES}
-                           | {c[0] for _, cons in needed for c in cons})
-        stacked = stack_areas([area_set.keys[piece_area[i]] for i in group],
-                              [pieces[i] for i in group])
-        values, entity = simulate_areas(stacked, variables, year, log)
-        hv = household_values(stacked, values, entity, needed)
-        hh = stacked.tables["household"]
-        w = hh["household_weight"].to_numpy(dtype=np.float64)
-        hh_area = piece_area[group][stacked.household_area]
-        in_city = np.isin(hh_area, city_areas)
-        cd = hh["congressional_district_geoid"].to_numpy().astype(np.int64)
-        for f, fam in zip(fams, needed):
-            contrib = hv[fam] * w
-            fam_area[f] += np.bincount(hh_area, weights=contrib, minlength=n_areas)
-            if in_city.any():
-                key = pd.Series(contrib[in_city]).groupby(
-                    [hh_area[in_city], cd[in_city]]).sum()
-                for (a_, d_), v_ in key.items():  # districts of NYC only (a handful)
-                    fam_city[(int(f), int(a_), int(d_))] = \
-                        fam_city.get((int(f), int(a_), int(d_)), 0.0) + float(v_)
+    return ValidationPlan(plan, family_list, pieces, sizes, groups)
+
+
+def _piece_tables(area_set: AreaSet, plan: ValidationPlan, i: int) -> dict:
+    a, state = plan.pieces[i]
+    t = area_set.tables[a]
+    if t is None:
+        raise ValidationError(f"area {area_set.keys[a]}: its file is not loaded")
+    if area_set.kinds[a] == "national":
+        return subset_tables(t, t["household"]["state_fips"].to_numpy() == state)
+    return t
+
+
+def simulate_group(area_set: AreaSet, plan: ValidationPlan, group: int, year: int,
+                   log: Callable[[str], None] = lambda m: None) -> GroupTotals:
+    """One stacked simulation: the files of ``plan.groups[group]`` (only their
+    ``area_set.tables`` are read), each needed family's weighted total per area."""
+    n_areas = len(area_set.keys)
+    members = plan.groups[group]
+    piece_area = np.asarray([plan.pieces[i][0] for i in members], dtype=np.int64)
+    plan_area = plan.rows["a"].to_numpy()
+    plan_family = plan.rows["family"].to_numpy()
+    city_areas = np.unique(plan_area[plan.rows["city"].to_numpy()])
+    totals = GroupTotals(np.zeros((len(plan.families), n_areas)), {})
+    fams = np.unique(plan_family[np.isin(plan_area, np.unique(piece_area))])
+    if not len(fams):
+        return totals
+    needed = [(plan.families[f][0], parse_constraints(plan.families[f][1])) for f in fams]
+    variables = sorted({v for v, _ in needed if v not in COUNT_VARIABLES}
+                       | {c[0] for _, cons in needed for c in cons})
+    stacked = stack_areas([area_set.keys[a] for a in piece_area],
+                          [_piece_tables(area_set, plan, i) for i in members])
+    values, entity = simulate_areas(stacked, variables, year, log)
+    hv = household_values(stacked, values, entity, needed)
+    hh = stacked.tables["household"]
+    w = hh["household_weight"].to_numpy(dtype=np.float64)
+    hh_area = piece_area[stacked.household_area]
+    in_city = np.isin(hh_area, city_areas)
+    cd = hh["congressional_district_geoid"].to_numpy().astype(np.int64)
+    for f, fam in zip(fams, needed):
+        contrib = hv[fam] * w
+        totals.area[f] += np.bincount(hh_area, weights=contrib, minlength=n_areas)
+        if in_city.any():
+            key = pd.Series(contrib[in_city]).groupby([hh_area[in_city], cd[in_city]]).sum()
+            for (a_, d_), v_ in key.items():  # districts of NYC only (a handful)
+                k = (int(f), int(a_), int(d_))
+                totals.city[k] = totals.city.get(k, 0.0) + float(v_)
+    return totals
+
+
+def finish_validation(area_set: AreaSet, targets: pd.DataFrame, matrix: sp.csr_matrix,
+                      weights: Sequence[np.ndarray], n_records: int, plan: ValidationPlan,
+                      totals: Sequence[GroupTotals]) -> pd.DataFrame:
+    """The report from every group's totals (summed in group order) and ``X @ w`` (needs
+    ``area_set.cells`` and ``weight_index``, not the files)."""
+    n_areas = len(area_set.keys)
+    if matrix.shape[0] != len(targets):
+        raise ValidationError(f"matrix has {matrix.shape[0]} rows, targets {len(targets)}")
+    weights = [np.asarray(w, dtype=np.float64) for w in weights]
+    for w in weights:
+        if w.shape != (matrix.shape[1],):
+            raise ValidationError(f"weights have shape {w.shape}, matrix {matrix.shape}")
+    if len(totals) != len(plan.groups):
+        raise ValidationError(f"{len(totals)} group totals for {len(plan.groups)} groups")
+    targets = targets.reset_index(drop=True)
+    variable = targets["variable"].to_numpy().astype(str)
+    fam_area = np.zeros((len(plan.families), n_areas))
+    fam_city: dict[tuple[int, int, int], float] = {}
+    for t in totals:
+        fam_area += t.area
+        for k, v in t.city.items():
+            fam_city[k] = fam_city.get(k, 0.0) + v
+    rows_df = plan.rows
+    plan_area = rows_df["a"].to_numpy()
+    plan_family = rows_df["family"].to_numpy()
     sim_value = fam_area[plan_family, plan_area]
-    for i in np.flatnonzero(plan["city"].to_numpy()):  # NYC rows (a few hundred)
+    for i in np.flatnonzero(rows_df["city"].to_numpy()):  # NYC rows (a few hundred)
         sim_value[i] = fam_city.get((int(plan_family[i]), int(plan_area[i]),
-                                     int(plan["district"].iat[i])), 0.0)
+                                     int(rows_df["district"].iat[i])), 0.0)
 
     # X.w: the full row for state / district / national areas (a target's non-zeros are the
     # cells of its geography); for NYC the row restricted to the city's own cells
-    rows = plan["row"].to_numpy()
+    rows = rows_df["row"].to_numpy()
     xw_full = [np.asarray(matrix @ w, dtype=np.float64) for w in weights]
     wix = np.asarray(area_set.weight_index)[plan_area]
     xw = np.array([xw_full[i][r] for i, r in zip(wix, rows)]) if len(rows) else np.zeros(0)
-    for a in np.unique(plan_area[plan["city"].to_numpy()]):
+    for a in np.unique(plan_area[rows_df["city"].to_numpy()]):
         sel = np.flatnonzero(plan_area == a)
         clone, record = area_set.cells[a]
         cols = np.asarray(clone, dtype=np.int64) * n_records + np.asarray(record, dtype=np.int64)
@@ -458,7 +533,7 @@ def validate_areas(
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(t != 0, err / np.where(t != 0, t, 1.0),
                        np.where(err == 0, 0.0, np.sign(err) * np.inf))
-    partial = plan["city"].to_numpy()
+    partial = rows_df["city"].to_numpy()
     df["error"] = np.where(partial, np.nan, err)
     df["rel_error"] = np.where(partial, np.nan, rel)
     df["abs_rel_error"] = np.abs(df["rel_error"])

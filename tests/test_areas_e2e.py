@@ -28,6 +28,7 @@ def test_tiny_preset_end_to_end(tmp_path, real_raw_dir, monkeypatch):
     import assets.raw_inputs
     import assets.release
     import assets.targets_db
+    import assets.validation
     from calibration_core import release as rel
     from calibration_core.areas import all_area_keys
     from calibration_core.io_utils import sha256_file
@@ -50,7 +51,7 @@ def test_tiny_preset_end_to_end(tmp_path, real_raw_dir, monkeypatch):
     assert "build succeeded" in built.stdout
 
     modules = [assets.raw_inputs, assets.targets_db, assets.microdata, assets.package,
-               assets.fit, areas, assets.release]
+               assets.fit, areas, assets.validation, assets.release]
     store = ArtifactStore(root=str(tmp_path / "store"))
     resources = {"store": store, "raw_inputs": DirectoryProvider(path=str(real_raw_dir)),
                  "settings": BuildSettings(preset="tiny"),

@@ -34,7 +34,8 @@ def test_definitions_take_the_profile_named_in_the_environment(monkeypatch):
     job = dg.Definitions(assets=[_noop], executor=build_executor()) \
         .resolve_implicit_global_asset_job_def()
     assert dg.validate_run_config(job, {})["execution"] == {
-        "dask": {"cluster": {"existing": {"address": "tcp://127.0.0.1:8786"}}}}
+        "dask": {"cluster": {"existing": {"address": "tcp://127.0.0.1:8786"}},
+                 "retries": {"enabled": {}}}}  # a failed step retries under its RetryPolicy
     monkeypatch.setenv("AREACAL_EXECUTOR", "celery")
     with pytest.raises(ValueError, match="AREACAL_EXECUTOR='celery'"):
         build_executor()
@@ -147,15 +148,17 @@ def test_a_warning_check_does_not_fail_the_build(dagster_instance):
 
 
 def test_dask_profile_runs_steps_on_a_local_cluster(tmp_path, monkeypatch):
-    """Three steps, one in a concurrency pool, through the dask profile on a two-worker
-    ``distributed.LocalCluster`` on 127.0.0.1: every step runs in a worker (the fast companion
-    of tests/test_dask_executor.py, which builds the tiny preset)."""
+    """Three steps, one in a concurrency pool, and a graph asset fanning out into three
+    dynamic steps, through the dask profile on a two-worker ``distributed.LocalCluster`` on
+    127.0.0.1: every step runs in a worker, and the dynamic step that fails once is retried
+    alone (the fast companion of tests/test_dask_executor.py, which builds the tiny preset)."""
     pytest.importorskip("dagster_dask")
     from dagster._core.definitions.reconstruct import ReconstructableRepository
     from dask.distributed import Client, LocalCluster
 
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("AREACAL_TEST_MARKERS", str(tmp_path))
     monkeypatch.syspath_prepend(str(repo))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
@@ -167,5 +170,20 @@ def test_dask_profile_runs_steps_on_a_local_cluster(tmp_path, monkeypatch):
         with dg.DagsterInstance.get() as instance, \
                 dg.execute_job(job, instance) as result:
             assert result.success
-            pids = {e.pid for e in result.all_events if e.event_type_value == "STEP_START"}
+            # a retried step starts again as STEP_RESTARTED
+            starts = [e for e in result.all_events
+                      if e.event_type_value in ("STEP_START", "STEP_RESTARTED")]
+            retried = [e.step_key for e in result.all_events
+                       if e.event_type_value == "STEP_UP_FOR_RETRY"]
+            materialized = {e.asset_key.to_user_string() for e in result.all_events
+                            if e.event_type_value == "ASSET_MATERIALIZATION"}
+    pids = {e.pid for e in starts}
     assert len(pids) >= 1 and pids <= workers, (pids, workers)
+    started = sorted(e.step_key for e in starts)
+    # the three dynamic steps ran; only the one that failed ran twice
+    assert [k for k in started if k.startswith("fanned.run_part")] == [
+        "fanned.run_part[c00]", "fanned.run_part[c01]", "fanned.run_part[c01]",
+        "fanned.run_part[c02]"]
+    assert retried == ["fanned.run_part[c01]"]
+    assert started.count("fanned.plan_parts") == 1 and "fanned.collect_parts" in started
+    assert materialized == {"first", "fitted", "last", "fanned"}

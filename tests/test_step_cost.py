@@ -52,12 +52,19 @@ def test_generator_keeps_its_events_and_costs_its_batch_event():
 
 
 def test_every_asset_of_the_project_reports_its_cost():
-    """Each asset of definitions.py is wrapped by ``measured`` (a new asset without it fails)."""
+    """Each asset of definitions.py is wrapped by ``measured``, and each op of a graph-backed
+    asset (a new asset or op without it fails)."""
+    import dagster as dg
+
     from definitions import defs
 
-    unmeasured = []
+    unmeasured, ops = [], 0
     for asset in defs.assets:
-        fn = asset.op.compute_fn.decorated_fn
-        if not fn.__code__.co_qualname.startswith("measured.<locals>."):
-            unmeasured.append(asset.op.name)
-    assert unmeasured == []
+        node = asset.node_def
+        for op in ([n.definition for n in node.nodes_in_topological_order]
+                   if isinstance(node, dg.GraphDefinition) else [asset.op]):
+            ops += 1
+            fn = op.compute_fn.decorated_fn
+            if not fn.__code__.co_qualname.startswith("measured.<locals>."):
+                unmeasured.append(op.name)
+    assert unmeasured == [] and ops > len(defs.assets)  # the graph's ops were looked at

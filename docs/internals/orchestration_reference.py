@@ -47,7 +47,9 @@ RERUN = {
     "area_datasets": "rebuilds only the partitions of the run (one file each, atomic); other "
                      "area files are untouched.",
     "national_dataset": "rebuilds `areas/national/US.h5` from the national weights.",
-    "validation_report": "re-simulates the area files and rewrites the report.",
+    "validation_report": "plans again, re-simulates every group step (a failed one is retried "
+                         "alone: RetryPolicy, 2 retries; a re-execution from failure reruns only "
+                         "the failed steps and the finish) and rewrites the report.",
     "staged_release": "stages a new version folder; the previous staged one stays until "
                       "promoted or swept.",
     "published_release": "promotes the last staged release again (an atomic symlink swap).",
@@ -55,16 +57,19 @@ RERUN = {
 
 EXECUTORS = [
     ("multiprocess (default)", "one process per step, `max_concurrent` = cores",
-     "`run_retries` re-launches a failed run from the failed step (completed steps are "
+     "a step with a `RetryPolicy` (validation's simulation steps) runs again in a new "
+     "process, alone; `run_retries` re-launches a failed run from the failed step (completed steps are "
      "reused); `dagster job execute --reexecute` / the UI re-executes from failure"),
-    ("dask", "one Dask task per step on the cluster's workers",
-     "dagster-dask runs steps with retries disabled: re-execute the run from failure; the "
-     "completed steps' artifacts in the shared store are reused"),
+    ("dask", "one Dask task per step on the cluster's workers, submitted as it becomes ready "
+     "(dynamic steps included: `jobs/dask_executor.py`)",
+     "a step with a `RetryPolicy` (validation's simulation steps) is submitted again "
+     "under the executor's `retries` (enabled by default); otherwise re-execute the run from "
+     "failure: the completed steps' artifacts in the shared store are reused"),
     ("k8s", "one Kubernetes Job per step (fits on a GPU node)",
      "executor `retries` re-creates the failed step's Job; run retries and re-execution as "
      "for multiprocess"),
-    ("in_process (`jobs.build_cli`)", "every step in the run's process",
-     "rerun the build: each asset rewrites its own artifact atomically"),
+    ("in_process (`jobs.build_cli`)", "every step in the run's process, one after the other",
+     "a step with a `RetryPolicy` runs again in place; otherwise rerun the build: each asset rewrites its own artifact atomically"),
 ]
 
 
@@ -99,6 +104,21 @@ def artifacts(description: str) -> list[str]:
     return seen
 
 
+def graph_steps(name: str, assets_def) -> str:
+    """The steps of a graph-backed asset, in order: ``name.op`` each, ``[cNN]`` after a step
+    mapped over dynamic outputs (one per output), with its retry policy."""
+    graph = assets_def.node_def
+    deps = graph.dependency_structure
+    parts = []
+    for node in graph.nodes_in_topological_order:
+        text = f"`{name}.{node.name}" + ("[cNN]`" if deps.is_dynamic_mapped(node.name) else "`")
+        policy = node.definition.retry_policy
+        if policy is not None:
+            text += f" ({policy.max_retries} retries)"
+        parts.append(text)
+    return "steps: " + " -> ".join(parts)
+
+
 def generate() -> str:
     sys.path.insert(0, str(ROOT))
     import dagster as dg
@@ -125,8 +145,10 @@ def generate() -> str:
                   ".py` (`--write` updates this part; `tests/test_orchestration_reference.py` "
                   "fails when it is stale)."), "",
            "### Step graph", "",
-           *_wrap("One step per asset (and one per asset check, after its asset). Each arrow is "
-                  "a dependency: a step starts when every step it points from has succeeded."),
+           *_wrap("One step per asset (and one per asset check, after its asset), except "
+                  "graph-backed assets, whose steps are listed under the asset (`steps:`; "
+                  "`[cNN]`: one step per dynamic output). Each arrow is a dependency: a step "
+                  "starts when every step it points from has succeeded."),
            "", "```mermaid", "flowchart TD"]
     for node in nodes:
         for parent in sorted(node.parent_keys, key=lambda k: k.to_user_string()):
@@ -152,6 +174,8 @@ def generate() -> str:
         paths = artifacts(node.description)
         out += _wrap("artifact: " + (", ".join(f"`{p}`" for p in paths) or "(metadata only)"),
                      "  ", "- ")
+        out += _wrap(graph_steps(name, node.assets_def), "  ", "- ") if isinstance(
+            node.assets_def.node_def, dg.GraphDefinition) else []
         if checks.get(name):
             out += _wrap("checks: " + ", ".join(sorted(checks[name])), "  ", "- ")
         module, entries, simulates = SPECS[node.code_version]
