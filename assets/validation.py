@@ -35,6 +35,7 @@ from assets.areas import (NATIONAL_FILE, PACKAGE, WEIGHTS, YEAR, _fit_weights, _
 from calibration_core import assembly as asm
 from calibration_core import national_check
 from calibration_core import validation as val
+from calibration_core import validation_sample as vsample
 from calibration_core import validation_steps as vsteps
 from calibration_core.areas import all_area_keys
 from calibration_core.h5_dataset import read_columns, read_dataset
@@ -47,6 +48,7 @@ REPORT_CSV = ("areas", "validation", "validation_results.csv")
 NATIONAL_AGGREGATES_CSV = ("areas", "validation", "national_aggregates.csv")
 SUMMARY_JSON = ("areas", "validation", "summary.json")
 COUNTY_SHARES_CSV = ("areas", "validation", "county_shares.csv")
+FILE_STRUCTURE_CSV = ("areas", "validation", "file_structure.csv")
 STEPS = ("areas", "validation", "steps")
 PLAN = STEPS + ("plan.npz",)
 NATIONAL_KEY = "national-US"
@@ -56,7 +58,9 @@ PLAN_COLUMNS = ("state_fips", "congressional_district_geoid")  # what plan_valid
 class ValidationConfig(dg.Config):
     """Run config of ``validation_report`` (``ops: {validation_report: {config: ...}}``)."""
 
-    areas: Optional[str] = None  # "all" | "sample"; None: the preset's validation_areas
+    areas: Optional[str] = None  # "all" | "sample" | "rotating"; None: the preset's
+    # "rotating": the district slice re-simulated; None: from the regional weights' sha256
+    rotation: Optional[int] = None
     max_households_per_simulation: int = val.MAX_HOUSEHOLDS_PER_SIMULATION
     states_per_simulation: int = val.STATES_PER_SIMULATION
     # households a step simulates at least (its policyengine-us start at most a quarter of it)
@@ -69,6 +73,20 @@ def _file(store: ArtifactStore, key: str):
         raise FileNotFoundError(f"area file {path} ({key}) does not exist: materialize "
                                 "area_datasets and national_dataset first")
     return path
+
+
+def _report_areas(store: ArtifactStore, config: "ValidationConfig", settings: BuildSettings
+                  ) -> tuple[str, Optional[int], list]:
+    """(mode, rotation or None, areas re-simulated): the run config's mode, else the preset's;
+    for ``"rotating"`` the slice from the config, else from the regional weights' sha256 (the
+    same fit always checks the same districts, a new fit another slice)."""
+    mode = config.areas or settings.resolve().validation_areas
+    if mode != "rotating":
+        return mode, None, val.areas_for_report(mode)
+    rotation = config.rotation
+    if rotation is None:
+        rotation = vsample.rotation_from_key(sha256_file(store.path(*WEIGHTS["regional"])))
+    return mode, int(rotation), val.areas_for_report(mode, int(rotation))
 
 
 def _step_file(store: ArtifactStore, step: int):
@@ -95,8 +113,7 @@ def plan_validation(context: dg.OpExecutionContext, config: ValidationConfig,
     store.sweep_temporaries(context, "areas/validation", "/".join(STEPS))
     for old in store.folder(*STEPS).glob("step_*.npz"):  # an earlier plan's steps
         old.unlink()
-    mode = config.areas or settings.resolve().validation_areas
-    areas = val.areas_for_report(mode)
+    mode, rotation, areas = _report_areas(store, config, settings)
     keys = [a.key for a in areas] + [NATIONAL_KEY]
     kinds = [a.kind for a in areas] + ["national"]
     # the plan needs each file's households' states and districts only
@@ -109,7 +126,9 @@ def plan_validation(context: dg.OpExecutionContext, config: ValidationConfig,
     group_households = [sum(plan.piece_households[i] for i in g) for g in plan.groups]
     steps = vsteps.plan_steps(group_households, config.households_per_step)
     vsteps.save_plan(plan, keys, kinds, steps, store.path(*PLAN))
-    context.log.info(f"validating {len(keys)} files ({mode}) in {len(plan.groups)} stacked "
+    sample = "" if rotation is None else (f", district slice {rotation} of "
+                                          f"{vsample.DISTRICT_SLICES}")
+    context.log.info(f"validating {len(keys)} files ({mode}{sample}) in {len(plan.groups)} stacked "
                      f"simulation(s) of {group_households} households, {len(steps)} step(s)")
     for s, members in enumerate(steps):
         yield dg.DynamicOutput(None, mapping_key=f"g{s:02d}", metadata={
@@ -153,7 +172,7 @@ def finish_validation(context: dg.OpExecutionContext, config: ValidationConfig,
                       store: ArtifactStore, settings: BuildSettings):
     t0 = time.perf_counter()
     plan, keys, kinds, steps = vsteps.load_plan(store.path(*PLAN))
-    mode = config.areas or settings.resolve().validation_areas
+    mode, rotation, areas = _report_areas(store, config, settings)
     totals = {}
     for s in range(len(steps)):
         got = vsteps.load_totals(_step_file(store, s))
@@ -164,7 +183,7 @@ def finish_validation(context: dg.OpExecutionContext, config: ValidationConfig,
     inputs = _Inputs(store, "regional", "clone")  # geography and cells only
     national_w = _fit_weights(store.path(*WEIGHTS["national"]), "national")
     national_w = asm.check_weights(national_w, inputs.geo, "national weights")
-    by_key = {a.key: a for a in val.areas_for_report(mode)}
+    by_key = {a.key: a for a in areas}
     cells, wix = [], []
     for key in keys:
         if key == NATIONAL_KEY:
@@ -202,6 +221,14 @@ def finish_validation(context: dg.OpExecutionContext, config: ValidationConfig,
     shares = _county_shares(store, package.targets)
     with atomic_path(store.path(*COUNTY_SHARES_CSV), suffix=".csv") as tmp:
         shares.to_csv(tmp, index=False, float_format="%.6g")
+    structure = _file_structure(store, inputs, national_w, set(keys))
+    with atomic_path(store.path(*FILE_STRUCTURE_CSV), suffix=".csv") as tmp:
+        structure.to_csv(tmp, index=False)
+    summary_obj.update({
+        "rotation": rotation, "district_slices": vsample.DISTRICT_SLICES if rotation is not None
+        else None, "simulated_files": len(keys),
+        "files_structure_checked": len(structure),
+        "files_structure_mismatched": int((structure["problems"] != "").sum())})
     summary_obj["county_shares_flagged"] = shares.loc[shares["flagged"], "state"].tolist()
     summary_obj["county_tvd_median"] = round(float(shares["tvd"].median()), 4)
     atomic_write_json(store.path(*SUMMARY_JSON), summary_obj)
@@ -221,6 +248,11 @@ def finish_validation(context: dg.OpExecutionContext, config: ValidationConfig,
         "county_tvd_median": summary_obj["county_tvd_median"],
         "county_shares_flagged": ", ".join(summary_obj["county_shares_flagged"]) or "none",
         "steps": len(steps), "stacked_simulations": len(plan.groups),
+        "simulated_files": len(keys),
+        "district_slice": "all" if rotation is None else
+        f"{rotation} of {vsample.DISTRICT_SLICES}",
+        "files_structure_checked": summary_obj["files_structure_checked"],
+        "files_structure_mismatched": summary_obj["files_structure_mismatched"],
         "seconds": round(time.perf_counter() - t0, 1),
     })
 
@@ -237,7 +269,8 @@ def _to_step_config(values: dict) -> dict:
     kinds={"python", "csv"},
     config=_to_step_config,
     code_version=code_version("assets.validation", "calibration_core.validation",
-                              "calibration_core.validation_steps", "calibration_core.assembly",
+                              "calibration_core.validation_steps",
+                              "calibration_core.validation_sample", "calibration_core.assembly",
                               simulates=True),
     description=(
         "For every area of the report (all 488 by default; a sample with every kind when the "
@@ -292,6 +325,37 @@ def _county_shares(store: ArtifactStore, targets: pd.DataFrame) -> pd.DataFrame:
                                        "largest_gap_county"])
 
 
+def _file_structure(store: ArtifactStore, inputs: _Inputs, national_w: np.ndarray,
+                    simulated: set) -> pd.DataFrame:
+    """One row per file (every area of the catalog and the national file): its households,
+    whether policyengine-us re-simulated it in this report, and the problems
+    (``validation_sample.file_matches_cells``: the file holds its area's active cells at their
+    weights and geography; "" when none)."""
+    from calibration_core.areas import all_areas
+
+    geo = inputs.geo
+    # with county classes (the default) files are written at each clone's county; without
+    # them area_datasets may write one county per state (AreaConfig county "matrix")
+    county = geo.county_fips if inputs.frozen is not None else None
+    rows = []
+    for area in list(all_areas()) + [None]:
+        key = NATIONAL_KEY if area is None else area.key
+        path = store.path(*NATIONAL_FILE) if area is None else area_path(store, key)
+        weights2d = national_w if area is None else inputs.weights
+        clone, record = asm.active_cells(weights2d, asm.area_cell_mask(geo, area))
+        if not path.is_file():
+            problems = [f"{key}: {path} does not exist"]
+            households = 0
+        else:
+            columns = read_columns(path, vsample.STRUCTURE_COLUMNS)
+            households = len(columns["household_weight"])
+            problems = vsample.file_matches_cells(key, columns, clone, record, weights2d,
+                                                  geo.state_fips, geo.district_geoid, county)
+        rows.append({"area": key, "households": households, "simulated": key in simulated,
+                     "problems": "; ".join(problems)})
+    return pd.DataFrame(rows)
+
+
 def _report(store: ArtifactStore) -> pd.DataFrame:
     return pd.read_csv(store.path(*REPORT_CSV), dtype={"geo_id": str})
 
@@ -310,6 +374,23 @@ def xw_consistency(store: ArtifactStore) -> dg.AssetCheckResult:
                   "worst": _md(bad.sort_values("xw_rel_diff", ascending=False).head(20)[
                       ["area", "target_name", "sim_value", "xw_value", "xw_rel_diff"]])
                   if len(bad) else "none"})
+
+
+@dg.asset_check(asset=validation_report, blocking=True,
+                description="Every area file and the national file hold exactly their area's "
+                            "active cells of the fit, in column order, at the fitted weights "
+                            "and the cells' state, district and county: so each file's totals "
+                            "are X·w of its cells, including the files policyengine-us did not "
+                            "re-simulate (areas/validation/file_structure.csv).")
+def files_match_fit(store: ArtifactStore) -> dg.AssetCheckResult:
+    table = pd.read_csv(store.path(*FILE_STRUCTURE_CSV), keep_default_na=False)
+    bad = table[table["problems"] != ""]
+    return dg.AssetCheckResult(
+        passed=bad.empty,
+        metadata={"files": len(table), "simulated": int(table["simulated"].astype(bool).sum()),
+                  "mismatched": len(bad),
+                  "details": dg.MetadataValue.md("\n".join(f"- {p}" for p in bad["problems"]
+                                                            .head(50))) if len(bad) else "none"})
 
 
 @dg.asset_check(asset=validation_report, blocking=True,

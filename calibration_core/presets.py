@@ -14,7 +14,10 @@ class Preset:
     top_agi_percentile: float  # households above this AGI percentile are always kept
     regional_epochs: int
     national_epochs: int
-    validation_areas: str  # "all" or "sample" (one area per kind plus a few districts)
+    # areas policyengine-us re-simulates in validation_report: "all", "sample" (one area per
+    # kind plus a few districts) or "rotating" (every state and city, one slice of the
+    # districts: calibration_core.validation_sample); every file's cells are checked anyway
+    validation_areas: str
     # threshold of the blocking fit-quality checks: mean |relative error| of the achievable
     # in-sample targets must be below it for the area files to be written
     max_mean_abs_rel_error: float = 0.10
@@ -44,7 +47,7 @@ PRESETS: dict[str, Preset] = {
     "demo": Preset("demo", base_households=3000, clones=16, top_agi_percentile=99.5,
                    regional_epochs=600, national_epochs=600, validation_areas="all"),
     "full": Preset("full", base_households=12000, clones=430, top_agi_percentile=99.5,
-                   regional_epochs=1000, national_epochs=1000, validation_areas="all"),
+                   regional_epochs=1000, national_epochs=1000, validation_areas="rotating"),
 }
 
 DEFAULT_PRESET = "demo"

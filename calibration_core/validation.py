@@ -67,13 +67,27 @@ class ValidationError(ValueError):
     """Inputs to validation are missing or inconsistent."""
 
 
-def areas_for_report(mode: str) -> list[Area]:
-    """``"all"``: the 488 areas; ``"sample"``: :data:`SAMPLE_AREAS` (every kind)."""
+VALIDATION_MODES = ("all", "sample", "rotating")
+
+
+def areas_for_report(mode: str, rotation: int = 0) -> list[Area]:
+    """The areas policyengine-us re-simulates. ``"all"``: the 488 areas; ``"sample"``:
+    :data:`SAMPLE_AREAS` (every kind); ``"rotating"``: every state and city and the districts
+    of slice ``rotation`` (:func:`calibration_core.validation_sample.rotating_sample`, the full
+    preset's mode). Raises :class:`ValidationError` for another mode or a rotation outside
+    ``0 .. DISTRICT_SLICES - 1``."""
+    from .validation_sample import SampleError, rotating_sample
+
     if mode == "all":
         return all_areas()
     if mode == "sample":
         return [parse_area_key(k) for k in SAMPLE_AREAS]
-    raise ValidationError(f"validation_areas must be 'all' or 'sample', got {mode!r}")
+    if mode == "rotating":
+        try:
+            return rotating_sample(rotation)
+        except SampleError as exc:
+            raise ValidationError(f"validation_areas 'rotating': {exc}") from exc
+    raise ValidationError(f"validation_areas must be one of {VALIDATION_MODES}, got {mode!r}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -107,6 +108,13 @@ def test_tiny_preset_end_to_end(tmp_path, real_raw_dir, monkeypatch):
         levels = {(r["level"], r["sample"]) for r in summary["by_level"]}
         assert {("national", "in-sample"), ("state", "in-sample"),
                 ("district", "in-sample")} <= levels
+        # every file, re-simulated or not, holds exactly its area's cells at the fitted weights
+        structure = pd.read_csv(tmp_path / "store" / "areas" / "validation" /
+                                "file_structure.csv", keep_default_na=False)
+        assert len(structure) == len(all_area_keys()) + 1
+        assert (structure["problems"] == "").all(), structure[structure["problems"] != ""]
+        assert summary["files_structure_mismatched"] == 0
+        assert structure["simulated"].sum() == summary["simulated_files"] < len(structure)
 
         # one district alone: just that file, byte-identical to the batched build's
         target = tmp_path / "store" / "areas" / "districts" / "CA-12.h5"
