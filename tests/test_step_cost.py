@@ -68,3 +68,32 @@ def test_every_asset_of_the_project_reports_its_cost():
             if not fn.__code__.co_qualname.startswith("measured.<locals>."):
                 unmeasured.append(op.name)
     assert unmeasured == [] and ops > len(defs.assets)  # the graph's ops were looked at
+
+
+def _burn(seconds: float) -> float:
+    import time
+
+    end, x = time.process_time() + seconds, 0.0
+    while time.process_time() < end:
+        x += 1.0
+    return x
+
+
+@dg.asset
+@measured
+def pooled(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    from calibration_core.process_lifetime import close_pool, worker_pool
+
+    pool = worker_pool(2)
+    list(pool.map(_burn, [1.0, 1.0]))
+    close_pool(pool)
+    return dg.MaterializeResult()
+
+
+def test_a_step_with_a_worker_pool_counts_its_workers_cpu():
+    """The state simulations' pool is closed with ``close_pool``: its workers are reaped inside
+    the step, so their CPU (2 x 1 s here) is the step's, not the next step's."""
+    result = dg.materialize([pooled])
+    md = result.asset_materializations_for_node("pooled")[0].metadata
+    assert md["step/cpu_seconds"].value >= 1.8, md["step/cpu_seconds"]
+    assert md["step/children_peak_rss_mib"].value > 0
