@@ -16,6 +16,7 @@ import assets.raw_inputs
 import assets.microdata
 import assets.package
 import assets.release
+import assets.state_simulations
 import assets.validation
 import assets.targets_db
 from jobs import ALL_JOBS
@@ -27,7 +28,8 @@ from resources.settings import BuildSettings
 from resources.store import store_from_env
 from sensors import ALL_SENSORS
 
-ASSET_MODULES = [assets.raw_inputs, assets.targets_db, assets.microdata, assets.package,
+ASSET_MODULES = [assets.raw_inputs, assets.targets_db, assets.microdata,
+                 assets.state_simulations, assets.package,
                  assets.fit, assets.areas, assets.validation, assets.release]
 
 

@@ -1,4 +1,5 @@
-"""Group ``calibration``: state simulations, clone geography and the calibration package.
+"""Group ``calibration``: clone geography and the calibration package (the state simulations,
+a graph of steps, are in ``assets/state_simulations.py``).
 
 Artifacts (under the store root): ``calibration/state_simulations.npz``,
 ``calibration/geography_assignment.npz``, ``calibration/package/`` (matrix.npz, targets.parquet,
@@ -18,7 +19,6 @@ import pandas as pd
 
 from assets._metadata import markdown_table as _md, measured
 from assets._code_version import code_version
-from calibration_core import aca_takeup
 from calibration_core import geography as geo_mod
 from calibration_core import package as pkg
 from calibration_core import simulation as simu
@@ -43,18 +43,6 @@ def _inputs(store: ArtifactStore):
     return tdb.read_targets(db, YEAR), tdb.read_constraints(db)
 
 
-class StateSimulationsConfig(dg.Config):
-    workers: int = 2  # processes running stacked chunks in parallel
-    max_households_per_chunk: int = simu.DEFAULT_CHUNK_HOUSEHOLDS  # bounds memory per worker
-    # one state copy per county class (a probe finds the classes; exact X.w with every
-    # household in its own county); False: one copy per state at its most populous county
-    county_classes: bool = True
-    probe_households: int = simu.DEFAULT_PROBE_HOUSEHOLDS
-    # ACA take-up calibrated per state to the SOI count of credit returns (aca_takeup); False
-    # (or no aca_ptc_state.csv among the raw inputs) keeps the flat base draw
-    aca_state_takeup: bool = True
-
-
 class GeographyConfig(dg.Config):
     method: str = "population"  # or "uniform" (the reference: every district 1/436)
     top_agi_quantile: float = 0.9
@@ -66,91 +54,7 @@ class PackageConfig(dg.Config):
 
 @dg.asset(
     group_name="calibration",
-    deps=["stratified_microdata", "targets_db", "raw_public_inputs"],
-    kinds={"python", "numpy"},
-    code_version=code_version("assets.package", "calibration_core.simulation",
-                              "calibration_core.targets_db", "calibration_core.h5_dataset",
-                              "calibration_core.aca_takeup", simulates=True),
-    description=(
-        "Every target and constraint variable of every base household as if it lived in each "
-        "of the 51 states (`calibration/state_simulations.npz`), from stacked simulations "
-        "(households copied into several states each, ids offset) in chunks of at most "
-        f"{simu.DEFAULT_CHUNK_HOUSEHOLDS:,} rows on parallel processes; each state's own rules "
-        "run on that state's rows only. The first chunk runs traced: policyengine-us's dependency "
-        "graph decides which variables cannot depend on the state (stored once, checked equal "
-        "in every chunk). "
-        "Take-up-gated variables hold eligible values; the package applies seeded take-up."
-    ),
-)
-@measured
-def state_simulations(context: dg.AssetExecutionContext, config: StateSimulationsConfig,
-                      store: ArtifactStore) -> dg.MaterializeResult:
-    targets, constraints = _inputs(store)
-    variables = simu.needed_variables(targets, constraints)
-    county = geo_mod.load_county_table(raw_path(store.raw_dir, geo_mod.COUNTY_TABLE_FILE))
-    population = geo_mod.district_population(targets)
-    out = store.path(*SIMULATIONS)
-    store.sweep_temporaries(context, "calibration")
-    state_takeup, aca_meta = [], {"aca_state_takeup": "off"}
-    published = store.raw_dir / aca_takeup.PUBLISHED_FILE
-    if config.aca_state_takeup and published.is_file():
-        growth = store.raw_dir / aca_takeup.GROWTH_FILE
-        takeup, table, figures = aca_takeup.calibrate(store.path(*MICRODATA), published, YEAR,
-                                                      growth if growth.is_file() else None)
-        state_takeup = [takeup]
-        context.log.info(f"ACA take-up calibrated per state: {figures['eligible_units']:,.0f} "
-                         f"eligible tax units, {figures['published_units']:,.0f} SOI returns "
-                         f"(uprated to 2024), "
-                         f"national rate {figures['national_rate']:.3f}")
-        aca_meta = {"aca_state_takeup": _md(table.round(3), index=True),
-                    "aca_eligible_units": round(figures["eligible_units"]),
-                    "aca_eligible_credit_usd": round(figures["eligible_credit_usd"]),
-                    "aca_published_units": round(figures["published_units"]),
-                    "aca_soi_returns_2022": round(figures["soi_returns_2022"]),
-                    "aca_national_takeup_rate": round(figures["national_rate"], 4),
-                    "aca_takeup_source": figures["source"]}
-    elif config.aca_state_takeup:
-        context.log.warning(f"{published} absent: ACA take-up stays the flat base draw")
-    context.log.info(f"simulating {variables} for all 51 states")
-    result = simu.simulate_states(
-        store.path(*MICRODATA), variables, county, population,
-        max_households_per_chunk=config.max_households_per_chunk, workers=config.workers,
-        log=context.log.info, county_classes=config.county_classes,
-        n_probes=config.probe_households, state_takeup=state_takeup)
-    simu.save_state_simulations(result, out)
-    m = result.metadata
-    dep = pd.DataFrame({"variable": list(result.dependence),
-                        "entity": [result.entity[v] for v in result.dependence],
-                        "depends_on_state": [", ".join(d) if d else "no (computed once)"
-                                             for d in result.dependence.values()]})
-    digest = sha256_file(out)
-    return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(out)),
-        "households": m["n_households"], "persons": m["n_persons"],
-        "variables": dg.MetadataValue.md(dep.to_markdown(index=False)),
-        "state_invariant": ", ".join(m["state_invariant"]) or "(none)",
-        "chunks": len(m["chunks"]), "chunk_seconds": dg.MetadataValue.json(m["chunk_seconds"]),
-        "traced_chunk_seconds": m["traced_chunk_seconds"], "stacked_seconds": m["stacked_seconds"],
-        "policyengine_start_seconds": round(float(sum(m["start_seconds"])), 2),
-        # state rules computed on their own state's rows (StateRouter), and those that could not
-        "traced_chunk_routed_formulas": m["traced_chunk_routed_formulas"],
-        "unroutable_formulas": ", ".join(m["unroutable_formulas"]) or "(none)",
-        "total_seconds": m["total_seconds"],
-        "takeup_inputs_forced_true": ", ".join(m["takeup_inputs_forced_true"]) or "(none)",
-        # county classes: state copies simulated (51 = one per state) and classes per state
-        "state_copies": m["state_copies"],
-        "county_classes": dg.MetadataValue.json(
-            {k: v for k, v in m["county_classes"].items() if v > 1}),
-        "probe_seconds": m["probe_seconds"],
-        # computed in every county class; the others once per state (the default copy)
-        "county_dependent": ", ".join(m.get("county_dependent", [])) or "(none)",
-        "sha256": digest, **aca_meta,
-    }, data_version=dg.DataVersion(digest[:32]))
-
-
-@dg.asset(
-    group_name="calibration",
-    deps=[state_simulations, "targets_db", "raw_public_inputs"],
+    deps=["state_simulations", "targets_db", "raw_public_inputs"],
     kinds={"python", "numpy"},
     code_version=code_version("assets.package", "calibration_core.geography"),
     description=(
@@ -195,7 +99,7 @@ def geography_assignment(context: dg.AssetExecutionContext, config: GeographyCon
 
 @dg.asset(
     group_name="calibration",
-    deps=[geography_assignment, state_simulations, "targets_db", "stratified_microdata"],
+    deps=[geography_assignment, "state_simulations", "targets_db", "stratified_microdata"],
     kinds={"python", "scipy", "parquet"},
     code_version=code_version("assets.package", "calibration_core.package",
                               "calibration_core.package_io", "calibration_core.simulation",

@@ -3,7 +3,7 @@
 ``validation_report`` simulates the area files again with policyengine-us and scores every
 target of every area (``calibration_core.validation``). The files are stacked into a few large
 simulations (groups); the groups run as Dagster steps that any executor spreads, like the state
-simulations will:
+simulations' chunks (``assets/state_simulations.py``):
 
 * ``plan_validation``: reads the area files, plans the rows scored and the stacked groups
   (``validation.plan_validation``) and groups them into steps of at least

@@ -28,6 +28,7 @@ def test_tiny_preset_end_to_end(tmp_path, real_raw_dir, monkeypatch):
     import assets.package
     import assets.raw_inputs
     import assets.release
+    import assets.state_simulations
     import assets.targets_db
     import assets.validation
     from calibration_core import release as rel
@@ -51,8 +52,9 @@ def test_tiny_preset_end_to_end(tmp_path, real_raw_dir, monkeypatch):
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-5000:]
     assert "build succeeded" in built.stdout
 
-    modules = [assets.raw_inputs, assets.targets_db, assets.microdata, assets.package,
-               assets.fit, areas, assets.validation, assets.release]
+    modules = [assets.raw_inputs, assets.targets_db, assets.microdata,
+               assets.state_simulations, assets.package, assets.fit, areas, assets.validation,
+               assets.release]
     store = ArtifactStore(root=str(tmp_path / "store"))
     resources = {"store": store, "raw_inputs": DirectoryProvider(path=str(real_raw_dir)),
                  "settings": BuildSettings(preset="tiny"),

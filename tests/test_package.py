@@ -266,12 +266,14 @@ def test_tiny_preset_package_with_population_check(real_raw_dir):
 @pytest.mark.slow
 def test_assets_materialize_through_dagster(real_raw_dir, tmp_path):
     """state_simulations -> geography_assignment -> calibration_package (+ checks) through
-    Dagster on a few synthetic households, the real targets DB and the real county table."""
+    Dagster on a few synthetic households, the real targets DB and the real county table; the
+    state simulations in several chunk steps (dynamic outputs of the graph-backed asset)."""
     import shutil
 
     import dagster as dg
 
     import assets.package as ap
+    import assets.state_simulations as asim
     from calibration_core.h5_dataset import write_dataset
     from calibration_core.targets_db import build_targets_db, read_targets
     from resources.settings import BuildSettings
@@ -291,11 +293,13 @@ def test_assets_materialize_through_dagster(real_raw_dir, tmp_path):
     write_dataset(store.path("microdata", "stratified_2024.h5"), tables, 2024)
     result = dg.materialize(
         [dg.AssetSpec("stratified_microdata"), dg.AssetSpec("targets_db"),
-         dg.AssetSpec("raw_public_inputs"), ap.state_simulations, ap.geography_assignment,
+         dg.AssetSpec("raw_public_inputs"), asim.state_simulations, ap.geography_assignment,
          ap.calibration_package, ap.calibration_package_unachievable,
          ap.calibration_package_population],
         resources={"store": store, "settings": BuildSettings(preset="tiny", clones=3)},
-        run_config={"ops": {"state_simulations": {"config": {"workers": 1}}}},
+        # 12 households, 51+ state copies: two chunks of at most 40 copies, a step for each
+        run_config={"ops": {"state_simulations": {"config": {
+            "workers": 1, "max_households_per_chunk": 12 * 40, "households_per_step": 12 * 25}}}},
         instance=dg.DagsterInstance.ephemeral(),
         selection=["state_simulations", "geography_assignment", "calibration_package"],
     )
@@ -309,7 +313,12 @@ def test_assets_materialize_through_dagster(real_raw_dir, tmp_path):
     meta = result.asset_materializations_for_node("calibration_package")[0].metadata
     assert meta["unachievable_count"].value == package.metadata["unachievable_count"]
     sims = result.asset_materializations_for_node("state_simulations")[0].metadata
-    assert sims["traced_chunk_routed_formulas"].value > 0  # 51 states in one stack: routed
+    assert sims["traced_chunk_routed_formulas"].value > 0  # 40 copies in one stack: routed
+    steps = sims["steps"].value
+    assert steps >= 2 and sims["chunks"].value == steps
+    chunk_steps = sorted(e.step_key for e in result.all_events if e.is_step_success
+                         and e.step_key.startswith("state_simulations.simulate_chunks"))
+    assert chunk_steps == [f"state_simulations.simulate_chunks[c{i:02d}]" for i in range(steps)]
 
 
 def test_default_config_holds_out_the_poverty_households():

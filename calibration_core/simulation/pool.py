@@ -58,7 +58,8 @@ def simulate_states(
     n_probes: int = DEFAULT_PROBE_HOUSEHOLDS,
     probe_signature: str = "values",
     state_takeup: Sequence = (),
-) -> StateSimulations:
+    plan_only: bool = False,
+) -> StateSimulations | dict:
     """Simulate ``variables`` for every household of ``dataset_path`` in every state of ``states``
     and, with ``county_classes``, in every county class of each state.
 
@@ -91,13 +92,19 @@ def simulate_states(
         to that state's decision (the area files write the same per cell); one whose
         variables are re-randomised (forced True) is left to the package. Recorded in the
         metadata (``takeup_state_rates``).
+    plan_only : stop after the probe (run in this process, one part) and the chunk plan (for
+        ``workers``) and return them instead of running the chunks: a dict of ``classes``,
+        ``chunks`` (copies of each stacked chunk, chunk 0 traced), ``chunk_variables`` (the
+        variables of each chunk), ``variables``, ``forced`` (take-up inputs forced true:
+        ``(entity, input)`` tuples and the ``state_takeup`` inputs), ``probe_figures``;
+        :mod:`calibration_core.state_chunks` runs each chunk as its own step.
 
     The first chunk runs traced: its dependency graph decides which variables cannot depend on
     the state (a formula it did not run, such as another state's rules, counts as
     state-dependent). Those are stored once; every other chunk's values of them must equal the
     first chunk's, or :class:`SimulationError` names the variable (a check of the decision).
 
-    Returns :class:`StateSimulations`.
+    Returns :class:`StateSimulations` (with ``plan_only``: the plan, a dict).
     """
     from ..h5_dataset import read_dataset
 
@@ -118,7 +125,7 @@ def simulate_states(
         "county_fips"].nunique()
     probe = bool(county_classes) and bool((several > 1).any())
     pool = None
-    if workers > 1:
+    if workers > 1 and not plan_only:
         from ..process_lifetime import worker_pool
 
         # spawn workers that die with this process (a SIGKILLed build must not leave them
@@ -185,6 +192,9 @@ def simulate_states(
             more = plan_chunks(structure.n_households, extra, max_households_per_chunk, workers)
             chunks += more
             chunk_vars += [per_class] * len(more)
+        if plan_only:  # the chunks run as steps elsewhere (state_chunks)
+            return {"classes": classes, "chunks": chunks, "chunk_variables": chunk_vars,
+                    "variables": variables, "forced": forced, "probe_figures": probe_figures}
         tasks = [(str(dataset_path), [int(classes.copy_state[k]) for k in c], vs,
                   [str(classes.copy_county[k]) for k in c], year, forced, i == 0, route)
                  for i, (c, vs) in enumerate(zip(chunks, chunk_vars))]

@@ -37,8 +37,12 @@ RERUN = {
     "base_microdata": "rebuilds the base tables; the H5 file is replaced atomically.",
     "enhanced_microdata": "re-imputes with the same seeds: byte-identical output.",
     "stratified_microdata": "re-samples with the same seeds: byte-identical output.",
-    "state_simulations": "simulates every chunk again (about 40 s of policyengine-us start per "
-                         "worker); the npz is replaced atomically.",
+    "state_simulations": "plans again (probe), then simulates every chunk step again (about 40 s "
+                         "of policyengine-us start per step process); a failed chunk step is "
+                         "retried alone (RetryPolicy, 2 retries) and a re-execution from failure "
+                         "reruns only the failed chunk steps and the collect step (the plan and "
+                         "the finished steps' npz files are reused); the npz is replaced "
+                         "atomically.",
     "geography_assignment": "redraws with the same salted seeds: byte-identical output.",
     "calibration_package": "rebuilds the matrix into a temporary folder swapped in whole.",
     "regional_weights": "resumes from its own checkpoint when the package and settings match, "
@@ -57,14 +61,16 @@ RERUN = {
 
 EXECUTORS = [
     ("multiprocess (default)", "one process per step, `max_concurrent` = cores",
-     "a step with a `RetryPolicy` (validation's simulation steps) runs again in a new "
-     "process, alone; `run_retries` re-launches a failed run from the failed step (completed steps are "
-     "reused); `dagster job execute --reexecute` / the UI re-executes from failure"),
+     "a step with a `RetryPolicy` (the state simulations' chunk steps, validation's "
+     "simulation steps) runs again in a new process, alone; `run_retries` re-launches a "
+     "failed run from the failed step (completed steps are reused); "
+     "`dagster job execute --reexecute` / the UI re-executes from failure"),
     ("dask", "one Dask task per step on the cluster's workers, submitted as it becomes ready "
      "(dynamic steps included: `jobs/dask_executor.py`)",
-     "a step with a `RetryPolicy` (validation's simulation steps) is submitted again "
-     "under the executor's `retries` (enabled by default); otherwise re-execute the run from "
-     "failure: the completed steps' artifacts in the shared store are reused"),
+     "a step with a `RetryPolicy` (the state simulations' chunk steps, validation's "
+     "simulation steps) is submitted again under the executor's `retries` (enabled by "
+     "default); otherwise re-execute the run from failure: the completed steps' "
+     "artifacts in the shared store are reused"),
     ("k8s", "one Kubernetes Job per step (fits on a GPU node)",
      "executor `retries` re-creates the failed step's Job; run retries and re-execution as "
      "for multiprocess"),
