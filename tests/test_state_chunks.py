@@ -136,7 +136,7 @@ def test_each_step_equals_simulate_states_for_the_same_households(inputs, tmp_pa
         figures = sc.run_step(plan, step, path, paths[-1])
         assert figures["copies"] == 2 and figures["household_copies"] == 2 * N_HOUSEHOLDS
         # one step's chunk holds exactly simulate_states' values for those state copies
-        (states, values, _, _, _, trace), = sc.load_step(paths[-1]).values()
+        (states, values, _, _, _, trace, *_), = sc.load_step(paths[-1]).values()
         assert (trace is not None) == (step == 0)  # the first chunk runs traced
         rows = [simu.STATE_ORDER.index(s) for s in states]
         for v in variables:
