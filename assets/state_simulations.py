@@ -33,7 +33,7 @@ import dagster as dg
 import pandas as pd
 
 from assets._code_version import code_version
-from assets._metadata import markdown_table as _md, measured
+from assets._metadata import measured
 from calibration_core import aca_takeup
 from calibration_core import geography as geo_mod
 from calibration_core import simulation as simu
@@ -109,7 +109,8 @@ def plan_chunks(context: dg.OpExecutionContext, config: StateSimulationsConfig,
                          f"eligible tax units, {figures['published_units']:,.0f} SOI returns "
                          f"(uprated to 2024), "
                          f"national rate {figures['national_rate']:.3f}")
-        aca_meta = {"aca_state_takeup": _md(table.round(3), index=True),
+        # JSON for the collect step (which renders the table as Markdown metadata)
+        aca_meta = {"aca_state_takeup": table.round(3).to_markdown(index=True),
                     "aca_eligible_units": round(figures["eligible_units"]),
                     "aca_eligible_credit_usd": round(figures["eligible_credit_usd"]),
                     "aca_published_units": round(figures["published_units"]),
@@ -162,6 +163,8 @@ def collect_chunks(context: dg.OpExecutionContext, store: ArtifactStore):
     plan = chunks_mod.load_plan(store.path(*PLAN))
     aca_file = store.path(*ACA_META)
     aca_meta = json.loads(aca_file.read_text()) if aca_file.is_file() else {}
+    if aca_meta.get("aca_state_takeup", "off") != "off":  # the per-state table
+        aca_meta["aca_state_takeup"] = dg.MetadataValue.md(aca_meta["aca_state_takeup"])
     out = store.path(*SIMULATIONS)
     result = chunks_mod.collect_steps(plan, store.path(*MICRODATA),
                                       [step_file(store, s) for s in range(len(plan.steps))],
