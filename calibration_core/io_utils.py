@@ -218,6 +218,17 @@ def atomic_write_bytes(final_path: str | os.PathLike, data: bytes) -> Path:
     return Path(final_path)
 
 
+def atomic_write_npz(final_path: str | os.PathLike, arrays: dict) -> Path:
+    """Write ``arrays`` (name -> numpy array, no object arrays) as an uncompressed ``.npz``
+    through a temporary file and a rename, so a reader never sees a partial file."""
+    import numpy as np
+
+    with atomic_path(final_path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+    return Path(final_path)
+
+
 def atomic_write_json(final_path: str | os.PathLike, obj) -> Path:
     """Write JSON with sorted keys and a trailing newline, so equal content gives equal bytes."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"

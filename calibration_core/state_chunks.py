@@ -38,7 +38,7 @@ import numpy as np
 
 from . import simulation as simu
 from .aca_takeup import StateTakeUp
-from .io_utils import atomic_path
+from .io_utils import atomic_write_npz
 from .simulation.routing import _chunk_task
 
 # Household copies (households x state copies) a step simulates at least. The demo build's 72
@@ -192,10 +192,7 @@ def save_plan(plan: StatePlan, path: str | os.PathLike) -> Path:
               "county_fips": np.asarray(c.county_fips).astype("U5"),
               "county_copy": np.asarray(c.county_copy, dtype=np.int64),
               "meta_json": _meta_bytes(meta)}
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-    return Path(path)
+    return atomic_write_npz(path, arrays)
 
 
 def load_plan(path: str | os.PathLike) -> StatePlan:
@@ -230,10 +227,7 @@ def save_step(results: list[tuple], chunk_indices: Sequence[int], path: str | os
                         "start_seconds": float(start), "pid": int(pid), "trace": trace,
                         "cpu_seconds": [float(x) for x in rest[:1]]})
     arrays["meta_json"] = _meta_bytes({"chunks": records})
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-    return Path(path)
+    return atomic_write_npz(path, arrays)
 
 
 def load_step(path: str | os.PathLike) -> dict[int, tuple]:

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .io_utils import atomic_path
+from .io_utils import atomic_write_npz
 from .validation import GroupTotals, ValidationError, ValidationPlan
 
 # Households a validation step simulates at least. The demo's 488 files (68,134 households)
@@ -63,10 +63,7 @@ def save_plan(plan: ValidationPlan, keys: Sequence[str], kinds: Sequence[str],
         "families": [list(f) for f in plan.families], "pieces": [list(p) for p in plan.pieces],
         "piece_households": list(plan.piece_households), "groups": plan.groups,
         "keys": list(keys), "kinds": list(kinds), "steps": [list(s) for s in steps]})
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-    return Path(path)
+    return atomic_write_npz(path, arrays)
 
 
 def load_plan(path: str | os.PathLike) -> tuple[ValidationPlan, list, list, list]:
@@ -93,10 +90,7 @@ def save_totals(totals: dict[int, GroupTotals], path: str | os.PathLike) -> Path
         arrays[f"g{g}__city_keys"] = np.asarray(keys, dtype=np.int64).reshape(-1, 3)
         arrays[f"g{g}__city_values"] = np.asarray([t.city[k] for k in keys], dtype=np.float64)
     arrays["meta_json"] = _meta({"groups": sorted(int(g) for g in totals)})
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-    return Path(path)
+    return atomic_write_npz(path, arrays)
 
 
 def load_totals(path: str | os.PathLike) -> dict[int, GroupTotals]:
