@@ -41,6 +41,7 @@ from calibration_core import state_chunks as chunks_mod
 from calibration_core import targets_db as tdb
 from calibration_core.io_utils import atomic_write_json, sha256_file
 from calibration_core.raw_inputs import raw_path
+from calibration_core.step_groups import policyengine_started
 from resources.store import ArtifactStore
 
 TARGETS_DB = ("targets", "targets.db")
@@ -68,7 +69,9 @@ class StateSimulationsConfig(dg.Config):
     workers: int = 2
     max_households_per_chunk: int = simu.DEFAULT_CHUNK_HOUSEHOLDS  # bounds memory per chunk
     # household copies (households x state copies) per step at least: the policyengine-us
-    # start of a step's process (~40 s) stays at most a quarter of the step
+    # start of a step's process (~40 s) stays at most a quarter of the step; when the steps'
+    # processes start with policyengine-us built (the multiprocess executor's fork server),
+    # `workers` steps at least
     households_per_step: int = chunks_mod.DEFAULT_STEP_HOUSEHOLDS
     # one state copy per county class (a probe finds the classes; exact X.w with every
     # household in its own county); False: one copy per state at its most populous county
@@ -120,10 +123,14 @@ def plan_chunks(context: dg.OpExecutionContext, config: StateSimulationsConfig,
     elif config.aca_state_takeup:
         context.log.warning(f"{published} absent: ACA take-up stays the flat base draw")
     context.log.info(f"simulating {variables} for all 51 states")
+    # steps forked with policyengine-us built (or run in this process) pay no start: one step
+    # per worker then, however small (calibration_core.step_groups)
+    min_steps = config.workers if policyengine_started() else 1
     plan = chunks_mod.plan_state_simulations(
         store.path(*MICRODATA), variables, county, population,
         max_households_per_chunk=config.max_households_per_chunk,
-        households_per_step=config.households_per_step, workers=config.workers,
+        households_per_step=config.households_per_step, min_steps=min_steps,
+        workers=config.workers,
         log=context.log.info, county_classes=config.county_classes,
         n_probes=config.probe_households, state_takeup=state_takeup)
     chunks_mod.save_plan(plan, store.path(*PLAN))

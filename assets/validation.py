@@ -13,9 +13,12 @@ simulations' chunks (``assets/state_simulations.py``):
 * ``simulate_groups[gNN]``: reads only its groups' files, simulates them
   (``validation.simulate_group``) and saves the weighted totals (``steps/step_NN.npz``); a
   failed step is retried alone (``RetryPolicy``);
+* ``simulate_national``: simulates the national file as soon as it exists (beside the area
+  files' steps) and compares its totals with the published figures
+  (``areas/validation/national_aggregates.csv``);
 * ``finish_validation``: sums the totals in group order, adds ``X @ w``
   (``validation.finish_validation``: the report ``validate_areas`` gives) and writes the
-  report, the summary, the national aggregates and the county shares.
+  report, the summary (with the national aggregates) and the county shares.
 
 Its checks read the report it wrote.
 """
@@ -41,6 +44,7 @@ from calibration_core.areas import all_area_keys
 from calibration_core.h5_dataset import read_columns, read_dataset
 from calibration_core.io_utils import atomic_path, atomic_write_json, sha256_file
 from calibration_core.package_io import load_package
+from calibration_core.step_groups import policyengine_started
 from resources.settings import BuildSettings
 from resources.store import ArtifactStore
 
@@ -65,6 +69,9 @@ class ValidationConfig(dg.Config):
     states_per_simulation: int = val.STATES_PER_SIMULATION
     # households a step simulates at least (its policyengine-us start at most a quarter of it)
     households_per_step: int = vsteps.DEFAULT_STEP_HOUSEHOLDS
+    # steps expected to run at once: when the steps' processes start with policyengine-us built
+    # (the multiprocess executor's fork server) the groups make this many steps at least
+    workers: int = 2
 
 
 def _file(store: ArtifactStore, key: str):
@@ -124,7 +131,8 @@ def plan_validation(context: dg.OpExecutionContext, config: ValidationConfig,
                                config.max_households_per_simulation,
                                config.states_per_simulation)
     group_households = [sum(plan.piece_households[i] for i in g) for g in plan.groups]
-    steps = vsteps.plan_steps(group_households, config.households_per_step)
+    min_steps = config.workers if policyengine_started() else 1
+    steps = vsteps.plan_steps(group_households, config.households_per_step, min_steps)
     vsteps.save_plan(plan, keys, kinds, steps, store.path(*PLAN))
     sample = "" if rotation is None else (f", district slice {rotation} of "
                                           f"{vsample.DISTRICT_SLICES}")
@@ -165,7 +173,25 @@ def simulate_groups(context: dg.OpExecutionContext, store: ArtifactStore):
         "pid": dg.MetadataValue.int(os.getpid())})
 
 
-@dg.op(ins={"simulated": dg.In(dg.Nothing)}, out=dg.Out(dg.Nothing),
+@dg.op(ins={"national_dataset": dg.In(dg.Nothing)}, out=dg.Out(dg.Nothing),
+       retry_policy=dg.RetryPolicy(max_retries=2, delay=5),
+       description="The national file's totals against the published figures "
+                   "(national_aggregates.csv).")
+@measured
+def simulate_national(context: dg.OpExecutionContext, store: ArtifactStore):
+    """Simulates the national file (``national_check.national_aggregates``) as soon as it
+    exists, beside the area steps; ``finish_validation`` reads the table back."""
+    aggregates = national_check.national_aggregates(store.path(*NATIONAL_FILE), store.raw_dir,
+                                                    YEAR)
+    with atomic_path(store.path(*NATIONAL_AGGREGATES_CSV), suffix=".csv") as tmp:
+        aggregates.to_csv(tmp, index=False, float_format="%.10g")
+    return dg.Output(None, metadata={
+        "national_aggregates": dg.MetadataValue.md(national_check.to_markdown(aggregates)),
+        "flagged": int((aggregates["status"] == "FLAG").sum())})
+
+
+@dg.op(ins={"simulated": dg.In(dg.Nothing), "national": dg.In(dg.Nothing)},
+       out=dg.Out(dg.Nothing),
        description="Sum the steps' totals, add X @ w, write the report and its summaries.")
 @measured
 def finish_validation(context: dg.OpExecutionContext, config: ValidationConfig,
@@ -197,12 +223,10 @@ def finish_validation(context: dg.OpExecutionContext, config: ValidationConfig,
         _area_set(keys, kinds, cells=cells, wix=wix), package.targets, package.matrix,
         [inputs.weights.reshape(-1), national_w.reshape(-1)], inputs.geo.n_records, plan,
         [totals[g] for g in range(len(plan.groups))])
-    national_path = store.path(*NATIONAL_FILE)
     summary = val.summarize(report)
-    # national aggregates against published figures (issue 20; spec §6.6)
-    aggregates = national_check.national_aggregates(national_path, store.raw_dir, YEAR)
-    with atomic_path(store.path(*NATIONAL_AGGREGATES_CSV), suffix=".csv") as tmp:
-        aggregates.to_csv(tmp, index=False, float_format="%.10g")
+    # national aggregates against published figures (issue 20; spec §6.6): the national_aggregates
+    # step's table
+    aggregates = pd.read_csv(store.path(*NATIONAL_AGGREGATES_CSV))
     csv_path = store.path(*REPORT_CSV)
     with atomic_path(csv_path, suffix=".csv") as tmp:
         report.to_csv(tmp, index=False, float_format="%.10g")
@@ -281,7 +305,8 @@ def _to_step_config(values: dict) -> dict:
         "states per simulation, the national file split by state), not one per file. Dagster "
         "steps: `plan_validation`, one `simulate_groups` step per group of stacked simulations "
         "(dynamic outputs; a failed one retries alone; their totals in "
-        "`areas/validation/steps/`), `finish_validation`."
+        "`areas/validation/steps/`), `simulate_national` (the national file against published "
+        "figures, beside them), `finish_validation`."
     ),
 )
 def validation_report(area_datasets, national_dataset, calibration_package, regional_weights,
@@ -290,7 +315,9 @@ def validation_report(area_datasets, national_dataset, calibration_package, regi
                               calibration_package=calibration_package,
                               regional_weights=regional_weights,
                               national_weights=national_weights)
-    return finish_validation(planned.map(lambda p: simulate_groups(p)).collect())
+    national = simulate_national(national_dataset=national_dataset)
+    return finish_validation(simulated=planned.map(lambda p: simulate_groups(p)).collect(),
+                             national=national)
 
 
 def _county_shares(store: ArtifactStore, targets: pd.DataFrame) -> pd.DataFrame:

@@ -23,7 +23,8 @@ take-up inputs (:class:`~calibration_core.aca_takeup.StateTakeUp`) ride in the p
 
 A step is sized so that the policyengine-us start (about 40 s per process) is at most a quarter
 of it: at least :data:`DEFAULT_STEP_HOUSEHOLDS` simulated household copies (households x state
-copies) per step. Every file here is a plain npz (``allow_pickle=False``) with a JSON record.
+copies) per step, unless the steps' processes start with policyengine-us built
+(:mod:`step_groups`), when ``min_steps`` steps share the chunks. Every file here is a plain npz (``allow_pickle=False``) with a JSON record.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import numpy as np
 from . import simulation as simu
 from .aca_takeup import StateTakeUp
 from .io_utils import atomic_write_npz
+from .step_groups import group_into_steps
 from .simulation.routing import _chunk_task
 
 # Household copies (households x state copies) a step simulates at least. The demo build's 72
@@ -91,29 +93,25 @@ class StatePlan:
                 self.year, self.forced, chunk == 0, self.route)
 
 
-def plan_steps(chunk_households: Sequence[int], households_per_step: int) -> list[list[int]]:
+def plan_steps(chunk_households: Sequence[int], households_per_step: int,
+               min_steps: int = 1) -> list[list[int]]:
     """Group consecutive chunks into steps of at least ``households_per_step`` simulated
-    household copies each (one step when the total is less), balanced by size.
+    household copies each, and at least ``min_steps`` steps (never more than the chunks),
+    balanced by size (:func:`step_groups.group_into_steps`).
 
     ``chunk_households`` (n_chunks,): household copies of each chunk (households x copies).
-    Returns the chunk indices of each step, in order."""
-    sizes = np.asarray(chunk_households, dtype=np.float64)
-    if len(sizes) == 0:
-        raise simu.SimulationError("no chunks to group into steps")
-    if households_per_step < 1:
-        raise simu.SimulationError(f"households_per_step must be positive, got "
-                                   f"{households_per_step}")
-    n_steps = int(min(len(sizes), max(1, sizes.sum() // households_per_step)))
-    middle = np.cumsum(sizes) - sizes / 2  # a chunk goes to the step holding its middle
-    step = np.minimum((n_steps * middle / sizes.sum()).astype(np.int64), n_steps - 1)
-    return [np.flatnonzero(step == s).tolist() for s in range(n_steps) if (step == s).any()]
+    Returns the chunk indices of each step, in order. Raises :class:`SimulationError`."""
+    try:
+        return group_into_steps(chunk_households, households_per_step, min_steps)
+    except ValueError as exc:
+        raise simu.SimulationError(str(exc)) from None
 
 
 def plan_state_simulations(dataset_path, variables, county_table, population=None,
                            states: Sequence[int] = simu.STATE_ORDER,
                            max_households_per_chunk: int = simu.DEFAULT_CHUNK_HOUSEHOLDS,
                            households_per_step: int = DEFAULT_STEP_HOUSEHOLDS,
-                           workers: int = 1, year: int = simu.YEAR,
+                           min_steps: int = 1, workers: int = 1, year: int = simu.YEAR,
                            log: Callable[[str], None] = lambda m: None, route: bool = True,
                            county_classes: bool = True,
                            n_probes: int = simu.DEFAULT_PROBE_HOUSEHOLDS,
@@ -121,7 +119,7 @@ def plan_state_simulations(dataset_path, variables, county_table, population=Non
                            state_takeup: Sequence[StateTakeUp] = ()) -> StatePlan:
     """The probe and the chunk plan of :func:`simulation.simulate_states` (same arguments; the
     probe runs in this process, in one part), with the chunks grouped into steps
-    (:func:`plan_steps`).
+    (:func:`plan_steps`: at least ``min_steps``).
 
     ``workers`` only rounds the number of chunks, as ``simulate_states`` does for its pool
     (the same chunks, hence the same traced first chunk and the same file)."""
@@ -136,7 +134,7 @@ def plan_state_simulations(dataset_path, variables, county_table, population=Non
     tables, _ = read_dataset(dataset_path)
     n_households = len(tables["household"])
     chunks = [list(map(int, c)) for c in planned["chunks"]]
-    steps = plan_steps([n_households * len(c) for c in chunks], households_per_step)
+    steps = plan_steps([n_households * len(c) for c in chunks], households_per_step, min_steps)
     return StatePlan(planned["classes"], chunks, steps, list(planned["variables"]),
                      list(planned["forced"]), sorted(int(s) for s in states),
                      int(workers), n_households, year, bool(route), planned["probe_figures"],

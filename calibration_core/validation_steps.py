@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .io_utils import atomic_write_npz
+from .step_groups import group_into_steps
 from .validation import GroupTotals, ValidationError, ValidationPlan
 
 # Households a validation step simulates at least. The demo's 488 files (68,134 households)
@@ -29,20 +30,17 @@ DEFAULT_STEP_HOUSEHOLDS = 60_000
 ROW_COLUMNS = ("a", "row", "city", "family", "district")
 
 
-def plan_steps(sizes: Sequence[int], per_step: int) -> list[list[int]]:
+def plan_steps(sizes: Sequence[int], per_step: int, min_steps: int = 1) -> list[list[int]]:
     """Group consecutive items (stacked groups) into steps of at least ``per_step`` households
-    each (one step when the total is less), balanced by size; never more steps than items.
+    each, and at least ``min_steps`` steps, balanced by size; never more steps than items
+    (:func:`step_groups.group_into_steps`).
 
-    ``sizes`` (n,): households of each item. Returns the item indices of each step, in order."""
-    sizes = np.asarray(sizes, dtype=np.float64)
-    if len(sizes) == 0:
-        raise ValidationError("nothing to group into steps")
-    if per_step < 1:
-        raise ValidationError(f"households per step must be positive, got {per_step}")
-    n_steps = int(min(len(sizes), max(1, sizes.sum() // per_step)))
-    middle = np.cumsum(sizes) - sizes / 2  # an item goes to the step holding its middle
-    step = np.minimum((n_steps * middle / sizes.sum()).astype(np.int64), n_steps - 1)
-    return [np.flatnonzero(step == s).tolist() for s in range(n_steps) if (step == s).any()]
+    ``sizes`` (n,): households of each item. Returns the item indices of each step, in order.
+    Raises :class:`ValidationError`."""
+    try:
+        return group_into_steps(sizes, per_step, min_steps)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def _meta(meta: dict) -> np.ndarray:

@@ -53,10 +53,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build(defs, instance, selection: str = "*") -> bool:
-    """Materialize the unpartitioned assets, then every area partition in one batched run."""
+    """Materialize ``selection`` (the area partitions as one batched range) in one run, with the
+    executor of the ``AREACAL_EXECUTOR`` profile (``multiprocess`` unless set:
+    ``jobs/executors.py``)."""
+    from jobs.executors import executor_profile
     from jobs.partitioned import materialize_graph
 
-    return materialize_graph(defs, instance, selection)
+    return materialize_graph(defs, instance, selection, executor=executor_profile())
 
 
 if __name__ == "__main__":

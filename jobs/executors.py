@@ -1,7 +1,12 @@
 """Executor profiles: where the steps of a run execute (``AREACAL_EXECUTOR``).
 
 * ``multiprocess`` (default): one process per step on this machine, ``max_concurrent`` = the
-  machine's cores (``AREACAL_MAX_CONCURRENT`` overrides);
+  machine's cores (``AREACAL_MAX_CONCURRENT`` overrides). The step processes are forked from a
+  ``forkserver`` that has imported ``jobs/step_preload.py`` (policyengine-us's system built
+  once per run, not once per step); ``AREACAL_START_METHOD=spawn`` starts each step afresh
+  instead. A fork server keeps the environment of the process that started it (the first
+  multiprocess run of a process): a process that runs several builds with different
+  ``AREACAL_*`` settings, as ``dg.execute_job`` in one Python session may, needs ``spawn``;
 * ``dask``: ``dagster-dask``'s executor. ``AREACAL_DASK_SCHEDULER=tcp://host:8786`` sends the
   steps to an existing Dask scheduler (workers started with ``--resources GPU=1`` on GPU nodes);
   without it each run starts a ``distributed.LocalCluster``. Configuration:
@@ -10,7 +15,8 @@
   on a GPU node (``nvidia.com/gpu: 1`` and a node selector). Configuration:
   ``deploy/k8s/executor.yaml``;
 * ``in_process``: every step in the run's own process (``materialize()``; what
-  ``python -m jobs.build_cli`` uses unless ``AREACAL_EXECUTOR`` is set).
+  the tests' and ``dg.materialize``'s way; ``AREACAL_EXECUTOR=in_process python -m
+  jobs.build_cli`` builds that way).
 
 The engines' packages are imported only when their profile is chosen (extras ``dask``, ``k8s``).
 """
@@ -26,6 +32,8 @@ import yaml
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 PROFILES = ("multiprocess", "dask", "k8s", "in_process")
 DEFAULT_PROFILE = "multiprocess"
+START_METHODS = ("forkserver", "spawn")
+PRELOAD_MODULE = "jobs.step_preload"
 
 
 def executor_profile() -> str:
@@ -74,8 +82,14 @@ def build_executor(name: str | None = None) -> dg.ExecutorDefinition:
     name = name or executor_profile()
     if name == "multiprocess":
         cores = int(os.environ.get("AREACAL_MAX_CONCURRENT") or os.cpu_count() or 1)
-        return dg.multiprocess_executor.configured({"max_concurrent": cores},
-                                                   name="multiprocess")
+        start = os.environ.get("AREACAL_START_METHOD", "forkserver").strip() or "forkserver"
+        if start not in START_METHODS:
+            raise ValueError(f"AREACAL_START_METHOD={start!r}: expected one of "
+                             f"{', '.join(START_METHODS)}")
+        start_method = ({"forkserver": {"preload_modules": [PRELOAD_MODULE]}}
+                        if start == "forkserver" else {"spawn": {}})
+        return dg.multiprocess_executor.configured(
+            {"max_concurrent": cores, "start_method": start_method}, name="multiprocess")
     if name == "in_process":
         return dg.in_process_executor
     if name == "dask":

@@ -76,6 +76,15 @@ def test_tiny_preset_end_to_end(tmp_path, real_raw_dir, monkeypatch):
                      "area_files_complete", "fit_quality", "targets_db_geographies"):
             assert checks.get(name) and all(checks[name]), (name, checks)
         assert len(instance.get_runs()) == 1  # one run over the whole partition range
+        # the default executor (multiprocess): a process per step, each forked from a server
+        # that had built policyengine-us's system (jobs/step_preload.py), so that no chunk step
+        # paid its start (~30-40 s in a spawned process)
+        run_id = instance.get_runs()[0].run_id
+        starts = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)
+        assert len({e.dagster_event.pid for e in starts}) == len(starts) > 20
+        sims = instance.fetch_materializations(dg.AssetKey("state_simulations"),
+                                               limit=1).records[0].asset_materialization.metadata
+        assert sims["policyengine_start_seconds"].value < 2.0, sims["policyengine_start_seconds"]
 
         # release: the gate opens on this build's checks; promote; the manifest verifies
         staged = full_defs.resolve_job_def("stage_release").execute_in_process(

@@ -1,7 +1,10 @@
 """The Dask profile builds the same bytes as the default one: the tiny preset built by
-``python -m jobs.build_cli`` with ``AREACAL_EXECUTOR=multiprocess`` (one process per step), then
-again with ``AREACAL_EXECUTOR=dask`` against a ``distributed.LocalCluster`` of two worker
-processes on 127.0.0.1 that this test starts and stops. Every step of the Dask run must have
+``python -m jobs.build_cli`` with the default profile (multiprocess: one process per step), then
+again by Dagster's own CLI, ``dagster job execute -m definitions -j build_all`` over the whole
+area partition range, with ``AREACAL_EXECUTOR=dask`` against a ``distributed.LocalCluster`` of
+two worker processes on 127.0.0.1 that this test starts and stops (``dagster asset
+materialize --partition-range`` takes only assets whose backfill policy is single-run, and
+``area_datasets`` runs 100 partitions per run: the job is the CLI's way to one run of it all). Every step of the Dask run must have
 executed in a Dask worker, and every area file (one per partition, plus the national file) must be
 byte-identical to the multiprocess build's.
 
@@ -9,6 +12,7 @@ Each build is one run of the whole graph; together they take a few minutes (poli
 starts in the state-simulation and validation steps of each)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,17 +26,28 @@ REPO = Path(__file__).resolve().parents[1]
 TIMINGS: dict[str, float] = {}
 
 
-def _build(tmp: Path, name: str, raw_dir: Path, **env) -> tuple[Path, Path]:
+def _build(tmp: Path, name: str, raw_dir: Path, dagster_cli: bool = False,
+           **env) -> tuple[Path, Path]:
+    """The tiny preset built into ``tmp/name`` by ``python -m jobs.build_cli`` or, with
+    ``dagster_cli``, by ``dagster job execute`` of ``build_all`` over every area partition."""
+    from jobs import ALL_AREAS_TAGS
+
     store, home = tmp / name / "store", tmp / name / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "AREACAL_HOME": str(store), "DAGSTER_HOME": str(home),
-                "AREACAL_RAW_DIR": str(raw_dir), **env}
-    full_env.pop("AREACAL_PRESET", None)
+                "AREACAL_RAW_DIR": str(raw_dir), "AREACAL_PRESET": "tiny", **env}
+    if "AREACAL_EXECUTOR" not in env:  # the default profile
+        full_env.pop("AREACAL_EXECUTOR", None)
+    command = ([str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m",
+                "definitions", "-j", "build_all", "--tags", json.dumps(ALL_AREAS_TAGS)]
+               if dagster_cli else [sys.executable, "-m", "jobs.build_cli"])
     started = time.perf_counter()
-    built = subprocess.run([sys.executable, "-m", "jobs.build_cli", "--preset", "tiny"],
-                           cwd=REPO, env=full_env, capture_output=True, text=True, timeout=2400)
+    built = subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True,
+                           timeout=2400)
     TIMINGS[name] = time.perf_counter() - started
     assert built.returncode == 0, _why(home) + built.stdout[-2000:] + built.stderr[-3000:]
-    assert "build succeeded" in built.stdout
+    if not dagster_cli:
+        assert "build succeeded" in built.stdout
     return store, home
 
 
@@ -64,8 +79,7 @@ def _why(home: Path) -> str:
 @pytest.fixture(scope="module")
 def multiprocess_build(tmp_path_factory, real_raw_dir):
     """The tiny preset built once per test session with the default (multiprocess) profile."""
-    return _build(tmp_path_factory.mktemp("builds"), "multiprocess", real_raw_dir,
-                  AREACAL_EXECUTOR="multiprocess")
+    return _build(tmp_path_factory.mktemp("builds"), "multiprocess", real_raw_dir)
 
 
 def _area_files(store: Path) -> dict[str, str]:
@@ -98,8 +112,8 @@ def test_dask_build_is_byte_identical_to_multiprocess(multiprocess_build, real_r
         assert address.startswith("tcp://127.0.0.1:")
         worker_pids = set(client.run(os.getpid).values())
         assert len(worker_pids) == 2
-        store, home = _build(tmp_path, "dask", real_raw_dir, AREACAL_EXECUTOR="dask",
-                             AREACAL_DASK_SCHEDULER=address)
+        store, home = _build(tmp_path, "dask", real_raw_dir, dagster_cli=True,
+                             AREACAL_EXECUTOR="dask", AREACAL_DASK_SCHEDULER=address)
     print(f"tiny build: multiprocess {TIMINGS.get('multiprocess', float('nan')):.0f} s, "
           f"dask {TIMINGS['dask']:.0f} s")
 

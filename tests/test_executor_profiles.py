@@ -25,6 +25,21 @@ def test_default_profile_is_multiprocess_with_one_step_per_core(monkeypatch):
     job = dg.Definitions(assets=[_noop], executor=executor).resolve_implicit_global_asset_job_def()
     config = dg.validate_run_config(job, {})["execution"]
     assert config["multiprocess"]["max_concurrent"] == (os.cpu_count() or 1)
+    # step processes forked from a server that imported policyengine-us once
+    assert config["multiprocess"]["start_method"] == {
+        "forkserver": {"preload_modules": ["jobs.step_preload"]}}
+
+
+def test_spawn_start_method_and_a_bad_one(monkeypatch):
+    monkeypatch.delenv("AREACAL_EXECUTOR", raising=False)
+    monkeypatch.setenv("AREACAL_START_METHOD", "spawn")
+    job = dg.Definitions(assets=[_noop], executor=build_executor()) \
+        .resolve_implicit_global_asset_job_def()
+    assert dg.validate_run_config(job, {})["execution"]["multiprocess"]["start_method"] == {
+        "spawn": {}}
+    monkeypatch.setenv("AREACAL_START_METHOD", "fork")
+    with pytest.raises(ValueError, match="AREACAL_START_METHOD='fork'"):
+        build_executor()
 
 
 def test_definitions_take_the_profile_named_in_the_environment(monkeypatch):

@@ -34,6 +34,12 @@ def test_plan_steps_groups_consecutive_chunks_of_enough_work():
         sc.plan_steps([], 10)
     with pytest.raises(simu.SimulationError):
         sc.plan_steps([10], 0)
+    # steps whose processes start with policyengine-us built: at least one per worker
+    steps = sc.plan_steps(sizes, 100_000, min_steps=2)
+    assert len(steps) == 2 and sum(steps, []) == list(range(7))
+    assert sc.plan_steps([5000], 100_000, min_steps=2) == [[0]]  # never more than the chunks
+    with pytest.raises(simu.SimulationError, match="steps at least"):
+        sc.plan_steps(sizes, 100, min_steps=0)
 
 
 def _plan() -> sc.StatePlan:

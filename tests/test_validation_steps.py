@@ -99,6 +99,8 @@ def test_plan_steps_groups_consecutive_items_of_enough_work():
     assert sum(steps, []) == [0, 1, 2, 3] and all(steps)
     with pytest.raises(val.ValidationError):
         vsteps.plan_steps([], 10)
+    steps = vsteps.plan_steps(sizes, 100_000, min_steps=3)  # policyengine-us preloaded
+    assert len(steps) == 3 and sum(steps, []) == list(range(7))
 
 
 def test_the_whole_build_plans_with_the_validation_steps_inside_one_run():
@@ -113,8 +115,9 @@ def test_the_whole_build_plans_with_the_validation_steps_inside_one_run():
 
     node = defs.resolve_asset_graph().get(dg.AssetKey("validation_report"))
     graph = node.assets_def.node_def
-    assert [n.name for n in graph.nodes_in_topological_order] == [
-        "plan_validation", "simulate_groups", "finish_validation"]
+    assert {n.name for n in graph.nodes_in_topological_order} == {
+        "plan_validation", "simulate_groups", "simulate_national", "finish_validation"}
+    assert graph.nodes_in_topological_order[-1].name == "finish_validation"
     assert graph.dependency_structure.is_dynamic_mapped("simulate_groups")
     assert graph.node_named("simulate_groups").definition.retry_policy.max_retries >= 1
     for n in graph.nodes_in_topological_order:  # nothing through the pickling IO manager
@@ -122,6 +125,14 @@ def test_the_whole_build_plans_with_the_validation_steps_inside_one_run():
     plan = create_execution_plan(defs.resolve_job_def("build_all"), tags=ALL_AREAS_TAGS)
     keys = plan.step_keys_to_execute
     assert {"validation_report.plan_validation", "validation_report.simulate_groups[?]",
+            "validation_report.simulate_national",
             "validation_report.finish_validation"} <= set(keys)
+    # the national file is simulated as soon as it exists, beside the area files' steps
+    assert plan.get_step_by_key("validation_report.simulate_national"
+                                ).get_execution_dependency_keys() == {"national_dataset"}
+    finish = plan.get_step_by_key("validation_report.finish_validation")
+    assert finish.step_input_named("national").source.step_output_handle.step_key == \
+        "validation_report.simulate_national"
+    assert "validation_report.simulate_groups[?]" in finish.get_all_dependency_keys()
     deps = plan.get_step_by_key("validation_report.plan_validation").get_execution_dependency_keys()
     assert {"area_datasets", "national_dataset", "regional_weights"} <= deps

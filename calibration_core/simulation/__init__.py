@@ -43,7 +43,7 @@ from .tracing import (_as_plain, classify_state_dependence, county_dependent_var
                       needed_variables, variable_entities)
 from .stacking import representative_counties, stack_tables, state_takeup_values, Structure
 from .routing import (_microsimulation, _SIM_CACHE, _simulation_classes, simulate_chunk,
-                      state_layout, StateRouter)
+                      start_policyengine, state_layout, StateRouter)
 from .results import (load_state_simulations, save_state_simulations, StateSimulations,
                       TIMING_METADATA_KEYS)
 from .county_classes import (check_county_invariance, classes_from_signatures, county_weights,
@@ -61,6 +61,6 @@ __all__ = ['ALL_STATES', 'COUNTY_ROOTS', 'COUNT_VARIABLES', 'CountyClasses',
            'load_state_simulations', 'merge_probe_traces', 'needed_variables', 'plan_chunks',
            'probe_county_classes', 'probe_parts', 'probe_rows', 'probe_signatures',
            'representative_counties', 'save_state_simulations', 'simulate_chunk',
-           'simulate_states', 'single_county_classes', 'stack_tables', 'state_layout',
+           'simulate_states', 'single_county_classes', 'start_policyengine', 'stack_tables', 'state_layout',
            'state_takeup_values', 'takeup_decisions', 'takeup_draws', 'takeup_specs_for',
            'variable_entities']

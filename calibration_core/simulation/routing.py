@@ -154,6 +154,20 @@ def state_layout(tables: dict[str, pd.DataFrame]
 _SIMULATION_CLASSES: dict = {}
 
 
+def start_policyengine() -> float:
+    """Import policyengine-us and build its tax-benefit system in this process, with
+    :mod:`engine_speedups` installed (what the first simulation of a process would do).
+
+    Returns the seconds it took (0 when this process, or the process it was forked from,
+    already did). Used by the multiprocess executor's fork server (``jobs/step_preload.py``) so
+    that its step processes start with the system built."""
+    import time
+
+    started = time.perf_counter()
+    _simulation_classes()
+    return round(time.perf_counter() - started, 2)
+
+
 def _simulation_classes() -> dict:
     """The Microsimulation subclasses this module builds (on first use: policyengine-us imports
     slowly): "plain" (unweighted by default), "stacked" and "block" (state routing). Also

@@ -60,7 +60,9 @@ RERUN = {
 }
 
 EXECUTORS = [
-    ("multiprocess (default)", "one process per step, `max_concurrent` = cores",
+    ("multiprocess (default; `jobs.build_cli`)", "one process per step, `max_concurrent` = "
+     "cores, forked from a server that has built policyengine-us's system "
+     "(`jobs/step_preload.py`)",
      "a step with a `RetryPolicy` (the state simulations' chunk steps, validation's "
      "simulation steps) runs again in a new process, alone; `run_retries` re-launches a "
      "failed run from the failed step (completed steps are reused); "
@@ -74,7 +76,8 @@ EXECUTORS = [
     ("k8s", "one Kubernetes Job per step (fits on a GPU node)",
      "executor `retries` re-creates the failed step's Job; run retries and re-execution as "
      "for multiprocess"),
-    ("in_process (`jobs.build_cli`)", "every step in the run's process, one after the other",
+    ("in_process (`materialize()`, the tests)", "every step in the run's process, one after "
+     "the other",
      "a step with a `RetryPolicy` runs again in place; otherwise rerun the build: each asset rewrites its own artifact atomically"),
 ]
 
@@ -112,17 +115,21 @@ def artifacts(description: str) -> list[str]:
 
 def graph_steps(name: str, assets_def) -> str:
     """The steps of a graph-backed asset, in order: ``name.op`` each, ``[cNN]`` after a step
-    mapped over dynamic outputs (one per output), with its retry policy."""
+    mapped over dynamic outputs (one per output), with its retry policy; steps that depend on
+    none of each other (the same depth in the graph) are joined by ``|``."""
     graph = assets_def.node_def
     deps = graph.dependency_structure
-    parts = []
+    depth: dict[str, int] = {}
+    levels: dict[int, list[str]] = {}
     for node in graph.nodes_in_topological_order:
+        upstream = [o.node_name for o in deps.all_upstream_outputs_from_node(node.name)]
+        depth[node.name] = 1 + max((depth[u] for u in upstream), default=-1)
         text = f"`{name}.{node.name}" + ("[cNN]`" if deps.is_dynamic_mapped(node.name) else "`")
         policy = node.definition.retry_policy
         if policy is not None:
             text += f" ({policy.max_retries} retries)"
-        parts.append(text)
-    return "steps: " + " -> ".join(parts)
+        levels.setdefault(depth[node.name], []).append(text)
+    return "steps: " + " -> ".join(" | ".join(levels[d]) for d in sorted(levels))
 
 
 def generate() -> str:
