@@ -28,6 +28,7 @@ Dagster's (pickling) IO manager stores nothing.
 import json
 import os
 import time
+from typing import Optional
 
 import dagster as dg
 import pandas as pd
@@ -42,6 +43,7 @@ from calibration_core import targets_db as tdb
 from calibration_core.io_utils import atomic_write_json, sha256_file
 from calibration_core.raw_inputs import raw_path
 from calibration_core.step_groups import policyengine_started
+from resources.settings import BuildSettings
 from resources.store import ArtifactStore
 
 TARGETS_DB = ("targets", "targets.db")
@@ -67,7 +69,8 @@ class StateSimulationsConfig(dg.Config):
     # chunk steps expected to run at once: the number of stacked chunks is rounded up to a
     # multiple of it (so that no step runs one more chunk than another)
     workers: int = 2
-    max_households_per_chunk: int = simu.DEFAULT_CHUNK_HOUSEHOLDS  # bounds memory per chunk
+    # bounds memory per chunk; None: the preset's state_chunk_households
+    max_households_per_chunk: Optional[int] = None
     # household copies (households x state copies) per step at least: the policyengine-us
     # start of a step's process (~40 s) stays at most a quarter of the step; when the steps'
     # processes start with policyengine-us built (the multiprocess executor's fork server),
@@ -92,7 +95,7 @@ UPSTREAM = ("stratified_microdata", "targets_db", "raw_public_inputs")
        description="Probe the county classes and plan the chunks and steps (plan.npz).")
 @measured
 def plan_chunks(context: dg.OpExecutionContext, config: StateSimulationsConfig,
-                store: ArtifactStore):
+                store: ArtifactStore, settings: BuildSettings):
     db = store.path(*TARGETS_DB)
     targets, constraints = tdb.read_targets(db, YEAR), tdb.read_constraints(db)
     variables = simu.needed_variables(targets, constraints)
@@ -128,7 +131,8 @@ def plan_chunks(context: dg.OpExecutionContext, config: StateSimulationsConfig,
     min_steps = config.workers if policyengine_started() else 1
     plan = chunks_mod.plan_state_simulations(
         store.path(*MICRODATA), variables, county, population,
-        max_households_per_chunk=config.max_households_per_chunk,
+        max_households_per_chunk=(config.max_households_per_chunk
+                                  or settings.resolve().state_chunk_households),
         households_per_step=config.households_per_step, min_steps=min_steps,
         workers=config.workers,
         log=context.log.info, county_classes=config.county_classes,

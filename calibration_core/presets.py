@@ -21,6 +21,10 @@ class Preset:
     # threshold of the blocking fit-quality checks: mean |relative error| of the achievable
     # in-sample targets must be below it for the area files to be written
     max_mean_abs_rel_error: float = 0.10
+    # households per stacked state simulation (its memory bound; ``state_simulations`` run
+    # config overrides). The full preset's 26,000 took 8.9 GB per chunk process and two of them
+    # were OOM-killed on 24 GiB (README, "What a full build needs"); 12,000 took 6.1 GB each
+    state_chunk_households: int = 26_000
     year: int = 2024
     seed: int = 20240101
 
@@ -47,7 +51,8 @@ PRESETS: dict[str, Preset] = {
     "demo": Preset("demo", base_households=3000, clones=16, top_agi_percentile=99.5,
                    regional_epochs=600, national_epochs=600, validation_areas="all"),
     "full": Preset("full", base_households=12000, clones=430, top_agi_percentile=99.5,
-                   regional_epochs=1000, national_epochs=1000, validation_areas="rotating"),
+                   regional_epochs=1000, national_epochs=1000, validation_areas="rotating",
+                   state_chunk_households=12_000),
 }
 
 DEFAULT_PRESET = "demo"

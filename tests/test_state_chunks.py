@@ -245,3 +245,16 @@ def test_steps_keep_the_county_classes_and_equal_simulate_states(tmp_path):
     simu.save_state_simulations(whole, tmp_path / "whole.npz")
     simu.save_state_simulations(collected, tmp_path / "steps.npz")
     assert (tmp_path / "whole.npz").read_bytes() == (tmp_path / "steps.npz").read_bytes()
+
+
+def test_chunk_size_comes_from_the_preset_unless_run_config_sets_it():
+    """The full preset bounds each stacked state simulation at 12,000 households (26,000 took
+    8.9 GB per chunk process there); the others keep the simulation default."""
+    from calibration_core.presets import PRESETS
+
+    assert PRESETS["demo"].state_chunk_households == simu.DEFAULT_CHUNK_HOUSEHOLDS
+    assert PRESETS["tiny"].state_chunk_households == simu.DEFAULT_CHUNK_HOUSEHOLDS
+    assert PRESETS["full"].state_chunk_households == 12_000
+    from assets.state_simulations import StateSimulationsConfig
+
+    assert StateSimulationsConfig().max_households_per_chunk is None  # the preset's
