@@ -3,6 +3,10 @@
 The methodology's accuracy section is generated from these functions (``python -m
 calibration_core.accuracy RESULTS_CSV``), so its figures can be re-measured after any build:
 
+* :func:`level_summary` - per geographic level and sample (in-sample, hold-out), over all
+  achievable rows and over the fitted ones (no exclusion reason): rows, mean, median, 90th
+  percentile and max absolute relative error, and the share within 10% (the methodology's
+  accuracy table);
 * :func:`family_means` - mean / max absolute relative error and row count per geographic level
   and target family (``variable/domain``), in-sample and hold-out apart;
 * :func:`large_errors` - every in-sample target above a threshold (default 25%), with its area,
@@ -52,6 +56,22 @@ def scored(results: pd.DataFrame) -> pd.DataFrame:
     d["family"] = np.where(domain == "", d["variable"], d["variable"] + "/" + domain)
     d["reason"] = d["exclusion_reason"].fillna("").astype(str)
     return d
+
+
+def level_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per (level, sample, rows): ``rows`` is ``"all"`` (every achievable row) or
+    ``"fitted"`` (those without an exclusion reason; in-sample only). Columns ``targets``,
+    ``mean``, ``median``, ``p90``, ``max`` (fractions) and ``within_10pct`` (share of rows with
+    an error of at most 0.10)."""
+    d = scored(results)
+    d["sample"] = np.where(d["holdout"].astype(bool), "hold-out", "in-sample")
+    parts = [d.assign(rows="all"),
+             d[(d["sample"] == "in-sample") & (d["reason"] == "")].assign(rows="fitted")]
+    both = pd.concat(parts, ignore_index=True)
+    err = both.groupby(["level", "sample", "rows"], sort=True)["abs_rel_error"]
+    return err.agg(targets="size", mean="mean", median="median",
+                   p90=lambda e: float(np.quantile(e, 0.9)), max="max",
+                   within_10pct=lambda e: float((e <= 0.10).mean())).reset_index()
 
 
 def family_means(results: pd.DataFrame) -> pd.DataFrame:
@@ -107,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     args = parser.parse_args(argv)
     results = read_results(args.results)
+    pct = ["mean", "median", "p90", "max", "within_10pct"]
+    levels = level_summary(results).assign(**{c: (lambda f, c=c: (100 * f[c]).round(2))
+                                              for c in pct})
+    print("## |relative error| per level (%)\n\n" + _markdown(levels) + "\n")
     fam = family_means(results).assign(mean=lambda f: (100 * f["mean"]).round(2),
                                        max=lambda f: (100 * f["max"]).round(1))
     print("## Mean |relative error| per family (%)\n\n" + _markdown(fam) + "\n")

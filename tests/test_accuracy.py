@@ -54,3 +54,19 @@ def test_missing_column_names_file(tmp_path):
         accuracy.read_results(path)
     _report().to_csv(path, index=False)
     assert accuracy.main([str(path)]) == 0
+
+
+def test_level_summary_all_and_fitted_rows():
+    table = accuracy.level_summary(_report()).set_index(["level", "sample", "rows"])
+    # district in-sample: the unreachable row counts in "all", not in "fitted"
+    all_rows = table.loc[("district", "in-sample", "all")]
+    assert all_rows["targets"] == 2 and all_rows["mean"] == pytest.approx(0.55)
+    assert all_rows["max"] == 1.0 and all_rows["within_10pct"] == pytest.approx(0.5)
+    fitted = table.loc[("district", "in-sample", "fitted")]
+    assert fitted["targets"] == 1 and fitted["mean"] == pytest.approx(0.10)
+    state = table.loc[("state", "in-sample", "all")]
+    assert state["median"] == pytest.approx(0.205) and state["p90"] == pytest.approx(0.361)
+    # the hold-out has no "fitted" row; cities and unachievable rows are not scored
+    assert ("state", "hold-out", "all") in table.index
+    assert ("state", "hold-out", "fitted") not in table.index
+    assert "city" not in table.index.get_level_values("level")
