@@ -353,7 +353,9 @@ class ValidationPlan:
     row), ``city``, ``family`` (index into ``families``), ``district`` (NYC rows: the
     district); ``families``: ``(variable, constraint text)`` of each family; ``pieces``:
     ``(area index, state FIPS)`` of each stacked piece, in stacking order (an area file whole,
-    the national file one piece per state); ``groups``: the pieces of each stacked simulation.
+    the national file one piece per state); ``groups``: the pieces of each stacked simulation;
+    ``max_households``: households one simulation holds at most (a larger file is simulated in
+    runs of consecutive households: :func:`simulate_group`).
     """
 
     rows: pd.DataFrame
@@ -361,6 +363,7 @@ class ValidationPlan:
     pieces: list[tuple[int, int]]
     piece_households: list[int]
     groups: list[list[int]]
+    max_households: int = MAX_HOUSEHOLDS_PER_SIMULATION
 
 
 @dataclass
@@ -431,7 +434,8 @@ def plan_validation(area_set: AreaSet, targets: pd.DataFrame,
     groups = _groups(np.asarray([p[1] for p in pieces], dtype=np.int64),
                      np.asarray(sizes, dtype=np.int64), states_per_simulation,
                      max_households_per_simulation)
-    return ValidationPlan(plan, family_list, pieces, sizes, groups)
+    return ValidationPlan(plan, family_list, pieces, sizes, groups,
+                          int(max_households_per_simulation))
 
 
 def _piece_tables(area_set: AreaSet, plan: ValidationPlan, i: int) -> dict:
@@ -444,10 +448,47 @@ def _piece_tables(area_set: AreaSet, plan: ValidationPlan, i: int) -> dict:
     return t
 
 
+def _household_batches(tables: Sequence[dict], max_households: int
+                       ) -> list[list[tuple[int, dict]]]:
+    """The pieces' tables in batches of at most ``max_households`` households (a piece larger
+    than that cut into equal runs of consecutive households, each a batch of its own):
+    ``[[(piece position, tables), ...], ...]``, every household once, in order."""
+    if max_households < 1:
+        raise ValidationError(f"max_households must be positive, got {max_households}")
+    batches, cur, cur_n = [], [], 0
+    for pos, t in enumerate(tables):
+        n = len(t["household"])
+        if n > max_households:
+            if cur:
+                batches.append(cur)
+                cur, cur_n = [], 0
+            parts = -(-n // max_households)
+            cut = np.arange(n) * parts // n  # part of each household: equal consecutive runs
+            batches.extend([[(pos, subset_tables(t, cut == k))] for k in range(parts)])
+            continue
+        if cur and cur_n + n > max_households:
+            batches.append(cur)
+            cur, cur_n = [], 0
+        cur.append((pos, t))
+        cur_n += n
+    if cur:
+        batches.append(cur)
+    return batches
+
+
 def simulate_group(area_set: AreaSet, plan: ValidationPlan, group: int, year: int,
-                   log: Callable[[str], None] = lambda m: None) -> GroupTotals:
+                   log: Callable[[str], None] = lambda m: None,
+                   max_households: int | None = None) -> GroupTotals:
     """One stacked simulation: the files of ``plan.groups[group]`` (only their
-    ``area_set.tables`` are read), each needed family's weighted total per area."""
+    ``area_set.tables`` are read), each needed family's weighted total per area.
+
+    Memory is bounded by ``max_households`` (default: the plan's) households per simulation
+    (about 90 kB per household;
+    :func:`_groups`): a group above it - one file larger than the bound, such as a full-preset
+    state file (California: 567,003 households took over 20 GB whole and was killed) - is
+    simulated in runs of consecutive households (:func:`_household_batches`) whose totals add
+    up (every target is a sum over households). Raises :class:`ValidationError` for a file
+    that is not loaded."""
     n_areas = len(area_set.keys)
     members = plan.groups[group]
     piece_area = np.asarray([plan.pieces[i][0] for i in members], dtype=np.int64)
@@ -461,23 +502,31 @@ def simulate_group(area_set: AreaSet, plan: ValidationPlan, group: int, year: in
     needed = [(plan.families[f][0], parse_constraints(plan.families[f][1])) for f in fams]
     variables = sorted({v for v, _ in needed if v not in COUNT_VARIABLES}
                        | {c[0] for _, cons in needed for c in cons})
-    stacked = stack_areas([area_set.keys[a] for a in piece_area],
-                          [_piece_tables(area_set, plan, i) for i in members])
-    values, entity = simulate_areas(stacked, variables, year, log)
-    hv = household_values(stacked, values, entity, needed)
-    hh = stacked.tables["household"]
-    w = hh["household_weight"].to_numpy(dtype=np.float64)
-    hh_area = piece_area[stacked.household_area]
-    in_city = np.isin(hh_area, city_areas)
-    cd = hh["congressional_district_geoid"].to_numpy().astype(np.int64)
-    for f, fam in zip(fams, needed):
-        contrib = hv[fam] * w
-        totals.area[f] += np.bincount(hh_area, weights=contrib, minlength=n_areas)
-        if in_city.any():
-            key = pd.Series(contrib[in_city]).groupby([hh_area[in_city], cd[in_city]]).sum()
-            for (a_, d_), v_ in key.items():  # districts of NYC only (a handful)
-                k = (int(f), int(a_), int(d_))
-                totals.city[k] = totals.city.get(k, 0.0) + float(v_)
+    max_households = int(max_households or plan.max_households)
+    batches = _household_batches([_piece_tables(area_set, plan, i) for i in members],
+                                 max_households)
+    if len(batches) > 1:
+        log(f"group {group}: {len(batches)} simulations of at most {max_households:,} "
+            "households")
+    for batch in batches:
+        batch_area = piece_area[[pos for pos, _ in batch]]
+        stacked = stack_areas([area_set.keys[a] for a in batch_area], [t for _, t in batch])
+        values, entity = simulate_areas(stacked, variables, year, log)
+        hv = household_values(stacked, values, entity, needed)
+        del values
+        hh = stacked.tables["household"]
+        w = hh["household_weight"].to_numpy(dtype=np.float64)
+        hh_area = batch_area[stacked.household_area]
+        in_city = np.isin(hh_area, city_areas)
+        cd = hh["congressional_district_geoid"].to_numpy().astype(np.int64)
+        for f, fam in zip(fams, needed):
+            contrib = hv[fam] * w
+            totals.area[f] += np.bincount(hh_area, weights=contrib, minlength=n_areas)
+            if in_city.any():
+                key = pd.Series(contrib[in_city]).groupby([hh_area[in_city], cd[in_city]]).sum()
+                for (a_, d_), v_ in key.items():  # districts of NYC only (a handful)
+                    k = (int(f), int(a_), int(d_))
+                    totals.city[k] = totals.city.get(k, 0.0) + float(v_)
     return totals
 
 

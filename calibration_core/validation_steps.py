@@ -21,7 +21,8 @@ import pandas as pd
 
 from .io_utils import atomic_write_npz
 from .step_groups import group_into_steps
-from .validation import GroupTotals, ValidationError, ValidationPlan
+from .validation import (GroupTotals, MAX_HOUSEHOLDS_PER_SIMULATION, ValidationError,
+                         ValidationPlan)
 
 # Households a validation step simulates at least. The demo's 488 files (68,134 households)
 # took 133 s in two stacked simulations (validation._groups): about 510 households per second,
@@ -60,7 +61,8 @@ def save_plan(plan: ValidationPlan, keys: Sequence[str], kinds: Sequence[str],
     arrays["meta_json"] = _meta({
         "families": [list(f) for f in plan.families], "pieces": [list(p) for p in plan.pieces],
         "piece_households": list(plan.piece_households), "groups": plan.groups,
-        "keys": list(keys), "kinds": list(kinds), "steps": [list(s) for s in steps]})
+        "keys": list(keys), "kinds": list(kinds), "steps": [list(s) for s in steps],
+        "max_households": int(plan.max_households)})
     return atomic_write_npz(path, arrays)
 
 
@@ -74,7 +76,9 @@ def load_plan(path: str | os.PathLike) -> tuple[ValidationPlan, list, list, list
         rows = pd.DataFrame({c: z[f"rows__{c}"] for c in ROW_COLUMNS})
     plan = ValidationPlan(rows, [tuple(f) for f in meta["families"]],
                           [tuple(p) for p in meta["pieces"]], meta["piece_households"],
-                          meta["groups"])
+                          meta["groups"],
+                          # plans saved before the bound was recorded: the default bound
+                          int(meta.get("max_households", MAX_HOUSEHOLDS_PER_SIMULATION)))
     return plan, meta["keys"], meta["kinds"], meta["steps"]
 
 

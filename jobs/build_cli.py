@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--select", default="* and not group:release",
                         help="Dagster asset selection (default: every asset but the release, which "
                              "its own jobs stage and promote)")
+    parser.add_argument("--from-failure", nargs="?", const="latest", metavar="RUN_ID",
+                        help="re-execute a failed build from failure instead (default: the "
+                             "latest failed run): only the steps that failed or did not run")
     args = parser.parse_args(argv)
     if args.preset:
         os.environ["AREACAL_PRESET"] = args.preset
@@ -46,7 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     # runs of an earlier build that was killed (kill -9, OOM) would stay STARTED forever
     for orphan in fail_orphaned_runs(instance):
         print(f"marked failed: {orphan.describe()}")
-    result = build(defs, instance, args.select)
+    if args.from_failure:
+        from jobs.partitioned import reexecute_from_failure
+
+        run_id, result = reexecute_from_failure(
+            instance, None if args.from_failure == "latest" else args.from_failure)
+        print(f"re-execution {run_id}: ", end="")
+    else:
+        result = build(defs, instance, args.select)
     print(f"build {'succeeded' if result else 'FAILED'} in {time.time() - started:.0f} s; "
           f"artifacts under {os.path.abspath(os.environ.get('AREACAL_HOME', '.areacal'))}")
     return 0 if result else 1

@@ -95,6 +95,42 @@ def _execute_out_of_process(name, instance, keys, tags, run_config, raise_on_err
         return result.success and _checks_hold(evaluations)
 
 
+def reexecute_from_failure(instance: dg.DagsterInstance, run_id: str | None = None,
+                           module: str = "definitions") -> tuple[str, bool]:
+    """Re-execute a failed run from failure (what the UI's "Re-execute from failure" does): a new
+    run of the same job and selection that runs only the steps that failed or did not run, with
+    the executor of the module's ``defs`` (the ``AREACAL_EXECUTOR`` profile for
+    ``definitions``); the completed steps' artifacts are reused.
+
+    ``run_id``: the failed run, default the latest failed one. Returns (the new run's id,
+    success: every step passed and every check passed or only warns). Raises ``ValueError``
+    when there is no failed run, or when the run is not a run of the module's ``defs`` (a run of
+    ``materialize()``, the in-process profile, has no job to reconstruct)."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    if run_id is None:
+        failed = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]),
+                                   limit=1)
+        if not failed:
+            raise ValueError("no failed run to re-execute in this Dagster instance")
+        run_id = failed[0].run_id
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        raise ValueError(f"run {run_id} is not in this Dagster instance")
+    if run.status != dg.DagsterRunStatus.FAILURE:
+        raise ValueError(f"run {run_id} is {run.status.value}, not FAILURE")
+    repo = ReconstructableRepository.for_module(module, "defs", working_directory=str(REPO))
+    if run.job_name not in repo.get_definition().job_names:
+        raise ValueError(f"run {run_id} ran job {run.job_name!r}, which {module}.defs does not "
+                         "define (a run of materialize() cannot be re-executed from failure)")
+    options = dg.ReexecutionOptions.from_failure(run_id, instance)
+    with dg.execute_job(repo.get_reconstructable_job(run.job_name), instance,
+                        reexecution_options=options, raise_on_error=False) as result:
+        evaluations = [e.event_specific_data for e in result.all_events
+                       if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+        return result.run_id, result.success and _checks_hold(evaluations)
+
+
 def _checks_hold(evaluations) -> bool:
     """Every check passed, or failed with severity WARN."""
     return all(e.passed or e.severity == dg.AssetCheckSeverity.WARN for e in evaluations)

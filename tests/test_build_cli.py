@@ -3,6 +3,7 @@ so the release gate can see them."""
 from __future__ import annotations
 
 import dagster as dg
+import pytest
 
 import assets.raw_inputs
 import assets.targets_db
@@ -24,3 +25,33 @@ def test_build_evaluates_the_checks_of_the_selection(real_raw_dir, tmp_path, dag
     records = dagster_instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
     assert len(keys) == 4 and set(records) == set(keys)
     assert all(r.evaluation is not None and r.evaluation.passed for r in records.values())
+
+
+def test_a_failed_build_is_re_executed_from_failure(tmp_path, monkeypatch):
+    """``python -m jobs.build_cli --from-failure``: a new run of the failed run's job that runs
+    only the step that failed (``jobs.partitioned.reexecute_from_failure``)."""
+    import dagster as dg
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    from jobs.partitioned import REPO, reexecute_from_failure
+
+    monkeypatch.setenv("AREACAL_TEST_MARKERS", str(tmp_path))
+    (tmp_path / "fail").touch()
+    repo = ReconstructableRepository.for_module("tests.reexec_defs", "defs",
+                                                working_directory=str(REPO))
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        with pytest.raises(ValueError, match="no failed run"):
+            reexecute_from_failure(instance, module="tests.reexec_defs")
+        with dg.execute_job(repo.get_reconstructable_job("__ASSET_JOB"), instance,
+                            raise_on_error=False) as failed:
+            assert not failed.success
+        assert (tmp_path / "ran").read_text().split() == ["first", "second"]
+        (tmp_path / "fail").unlink()
+        run_id, ok = reexecute_from_failure(instance, module="tests.reexec_defs")
+        assert ok and run_id != failed.run_id
+        assert (tmp_path / "ran").read_text().split() == ["first", "second", "second"]
+        run = instance.get_run_by_id(run_id)
+        assert run.parent_run_id == failed.run_id and run.status == dg.DagsterRunStatus.SUCCESS
+        with pytest.raises(ValueError, match="not FAILURE"):
+            reexecute_from_failure(instance, run_id, module="tests.reexec_defs")

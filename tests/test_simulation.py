@@ -340,3 +340,28 @@ def test_state_simulations_roundtrip(stacked, tmp_path):
     np.testing.assert_array_equal(back.home_state, stacked.home_state)
     hh_agi = back.household_total("adjusted_gross_income")
     assert hh_agi.shape == (N_HOUSEHOLDS,) and np.isfinite(hh_agi).all()
+
+
+@pytest.mark.slow
+def test_a_file_simulated_in_runs_of_households_gives_the_whole_totals(small_dataset):
+    """validation.simulate_group cuts a file above its memory bound into runs of consecutive
+    households (validation._household_batches): with real policyengine-us, the runs' totals of
+    every validated variable add up to the whole file's (households do not interact)."""
+    from calibration_core import validation as val
+
+    _, tables = small_dataset
+    ordered = _tables_in_state_order(tables)
+    n = len(ordered["household"])
+    variables = ["snap", "eitc", "adjusted_gross_income", "medicaid_enrolled"]
+    whole, _ = val.simulate_areas(
+        val.StackedAreas(ordered, np.zeros(n, dtype=int), ["x"]), variables, 2024)
+    batches = val._household_batches([ordered], max(1, n // 3))
+    assert len(batches) == 3 and all(len(b) == 1 for b in batches)
+    parts = []
+    for [(pos, t)] in batches:
+        stacked = val.StackedAreas(t, np.zeros(len(t["household"]), dtype=int), ["x"])
+        parts.append(val.simulate_areas(stacked, variables, 2024)[0])
+    assert sum(len(t["household"]) for [(_, t)] in batches) == n
+    for v in variables:
+        total = sum(float(np.sum(p[v])) for p in parts)
+        assert total == pytest.approx(float(np.sum(whole[v])), rel=1e-9), v

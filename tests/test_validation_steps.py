@@ -136,3 +136,47 @@ def test_the_whole_build_plans_with_the_validation_steps_inside_one_run():
     assert "validation_report.simulate_groups[?]" in finish.get_all_dependency_keys()
     deps = plan.get_step_by_key("validation_report.plan_validation").get_execution_dependency_keys()
     assert {"area_datasets", "national_dataset", "regional_weights"} <= deps
+
+
+def test_a_file_above_the_simulation_bound_is_simulated_in_runs_of_households(
+        setup, monkeypatch, tmp_path):
+    """Memory bound (issue 19): a group holding more households than
+    ``max_households_per_simulation`` - a full-preset state file alone - is simulated in runs
+    of consecutive households whose totals add up to the whole file's: the same report (to
+    rounding: the sums are taken in another order), and no simulation above the bound."""
+    tables, base, geo, w = setup
+    w2 = asm.check_weights(w, geo)
+    targets, matrix = _fake_package(base, geo, tables)
+    keys = ["state-CA", "state-NY", "district-CA-12", "city-NYC"]
+    builds = [asm.build_area_tables(base, geo, w2, parse_area_key(k), [SNAP]) for k in keys]
+    national = asm.build_area_tables(base, geo, w2, None, [SNAP])
+    keys, kinds = keys + ["national-US"], [parse_area_key(k).kind for k in keys] + ["national"]
+    all_tables = [b.tables for b in builds] + [national.tables]
+    cells = [(b.clone, b.record) for b in builds + [national]]
+    area_set = val.AreaSet(keys, kinds, all_tables, cells, [0] * len(keys))
+    sizes = []
+
+    def recording_simulate(stacked, variables, year, log=None):
+        sizes.append(len(stacked.tables["household"]))
+        return _fake_simulate(stacked, variables, year, log)
+
+    monkeypatch.setattr(val, "simulate_areas", recording_simulate)
+    whole = val.validate_areas(area_set, targets, matrix, [w], geo.n_records, 2024)
+    largest = max(len(t["household"]) for t in all_tables)
+    assert max(sizes) >= largest  # the whole path simulates the largest file in one piece
+    bound = max(2, largest // 3)
+    sizes.clear()
+    messages = []
+    split = val.validate_areas(area_set, targets, matrix, [w], geo.n_records, 2024,
+                               max_households_per_simulation=bound, log=messages.append)
+    assert max(sizes) <= bound and len(sizes) > len(keys)
+    assert sum(sizes) == sum(len(t["household"]) for t in all_tables)  # each household once
+    pd.testing.assert_frame_equal(split, whole, check_exact=False, rtol=1e-12, atol=1e-6)
+    assert split["consistent"].all()
+    # the bound travels with the saved plan to the steps
+    plan = val.plan_validation(area_set, targets, max_households_per_simulation=bound)
+    assert plan.max_households == bound
+    vsteps.save_plan(plan, keys, kinds, [[0]], tmp_path / "plan.npz")
+    assert vsteps.load_plan(tmp_path / "plan.npz")[0].max_households == bound
+    with pytest.raises(val.ValidationError, match="max_households"):
+        val._household_batches(all_tables, 0)

@@ -66,7 +66,7 @@ EXECUTORS = [
      "a step with a `RetryPolicy` (the state simulations' chunk steps, validation's "
      "simulation steps) runs again in a new process, alone; `run_retries` re-launches a "
      "failed run from the failed step (completed steps are reused); "
-     "`dagster job execute --reexecute` / the UI re-executes from failure"),
+     "`python -m jobs.build_cli --from-failure` or the UI re-executes from failure"),
     ("dask", "one Dask task per step on the cluster's workers, submitted as it becomes ready "
      "(dynamic steps included: `jobs/dask_executor.py`)",
      "a step with a `RetryPolicy` (the state simulations' chunk steps, validation's "
