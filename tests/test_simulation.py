@@ -351,6 +351,15 @@ def test_a_file_simulated_in_runs_of_households_gives_the_whole_totals(small_dat
 
     _, tables = small_dataset
     ordered = _tables_in_state_order(tables)
+    # ids 0..n-1 at every entity, in row order, as an area file has them (assembly)
+    for e in simu.ENTITIES:
+        if e == "person":
+            continue
+        old = ordered[e][f"{e}_id"].to_numpy()
+        ordered[e][f"{e}_id"] = np.arange(len(old))
+        ordered["person"][f"person_{e}_id"] = pd.Index(old).get_indexer(
+            ordered["person"][f"person_{e}_id"].to_numpy())
+    ordered["person"]["person_id"] = np.arange(len(ordered["person"]))
     n = len(ordered["household"])
     variables = ["snap", "eitc", "adjusted_gross_income", "medicaid_enrolled"]
     whole, _ = val.simulate_areas(
