@@ -3,7 +3,6 @@ so the release gate can see them."""
 from __future__ import annotations
 
 import dagster as dg
-import pytest
 
 import assets.raw_inputs
 import assets.targets_db
@@ -27,31 +26,57 @@ def test_build_evaluates_the_checks_of_the_selection(real_raw_dir, tmp_path, dag
     assert all(r.evaluation is not None and r.evaluation.passed for r in records.values())
 
 
-def test_a_failed_build_is_re_executed_from_failure(tmp_path, monkeypatch):
+_REEXEC_SCRIPT = r"""
+import sys
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+from jobs.partitioned import REPO, reexecute_from_failure
+
+tmp = Path(sys.argv[1])
+repo = ReconstructableRepository.for_module("tests.reexec_defs", "defs", working_directory=str(REPO))
+with dg.instance_for_test(temp_dir=str(tmp / "home")) as instance:
+    try:
+        reexecute_from_failure(instance, module="tests.reexec_defs")
+        raise SystemExit("a re-execution without a failed run")
+    except ValueError as exc:
+        assert "no failed run" in str(exc)
+    with dg.execute_job(repo.get_reconstructable_job("__ASSET_JOB"), instance,
+                        raise_on_error=False) as failed:
+        assert not failed.success
+    assert (tmp / "ran").read_text().split() == ["first", "second"]
+    (tmp / "fail").unlink()
+    run_id, ok = reexecute_from_failure(instance, module="tests.reexec_defs")
+    assert ok and run_id != failed.run_id
+    assert (tmp / "ran").read_text().split() == ["first", "second", "second"]
+    run = instance.get_run_by_id(run_id)
+    assert run.parent_run_id == failed.run_id and run.status == dg.DagsterRunStatus.SUCCESS
+    try:
+        reexecute_from_failure(instance, run_id, module="tests.reexec_defs")
+        raise SystemExit("a successful run re-executed")
+    except ValueError as exc:
+        assert "not FAILURE" in str(exc)
+print("REEXECUTED", run_id)
+"""
+
+
+def test_a_failed_build_is_re_executed_from_failure(tmp_path):
     """``python -m jobs.build_cli --from-failure``: a new run of the failed run's job that runs
-    only the step that failed (``jobs.partitioned.reexecute_from_failure``)."""
-    import dagster as dg
-    from dagster._core.definitions.reconstruct import ReconstructableRepository
+    only the step that failed (``jobs.partitioned.reexecute_from_failure``). In a process of its
+    own: ``dg.execute_job`` leaves a SIGTERM handler (KeyboardInterrupt) in its process, which
+    must not leak into the test session."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    from jobs.partitioned import REPO, reexecute_from_failure
-
-    monkeypatch.setenv("AREACAL_TEST_MARKERS", str(tmp_path))
     (tmp_path / "fail").touch()
-    repo = ReconstructableRepository.for_module("tests.reexec_defs", "defs",
-                                                working_directory=str(REPO))
     (tmp_path / "home").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
-        with pytest.raises(ValueError, match="no failed run"):
-            reexecute_from_failure(instance, module="tests.reexec_defs")
-        with dg.execute_job(repo.get_reconstructable_job("__ASSET_JOB"), instance,
-                            raise_on_error=False) as failed:
-            assert not failed.success
-        assert (tmp_path / "ran").read_text().split() == ["first", "second"]
-        (tmp_path / "fail").unlink()
-        run_id, ok = reexecute_from_failure(instance, module="tests.reexec_defs")
-        assert ok and run_id != failed.run_id
-        assert (tmp_path / "ran").read_text().split() == ["first", "second", "second"]
-        run = instance.get_run_by_id(run_id)
-        assert run.parent_run_id == failed.run_id and run.status == dg.DagsterRunStatus.SUCCESS
-        with pytest.raises(ValueError, match="not FAILURE"):
-            reexecute_from_failure(instance, run_id, module="tests.reexec_defs")
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", _REEXEC_SCRIPT, str(tmp_path)], cwd=repo,
+                          env={**os.environ, "AREACAL_TEST_MARKERS": str(tmp_path)},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "REEXECUTED" in done.stdout
