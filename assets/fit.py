@@ -158,6 +158,7 @@ _COMMON = dict(
 
 
 @dg.asset(
+    backfill_policy=dg.BackfillPolicy.single_run(),
     **_COMMON,
     description=(
         "`calibration/regional/`: L0-sparse clone-household weights fitted to every achievable "
@@ -172,6 +173,7 @@ def regional_weights(context: dg.AssetExecutionContext, config: WeightFitConfig,
 
 
 @dg.asset(
+    backfill_policy=dg.BackfillPolicy.single_run(),
     **_COMMON,
     description=(
         "`calibration/national/`: the national fit (preset `national`: λ_L0 2e-2, λ_L2 1e-12, "

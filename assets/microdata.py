@@ -61,6 +61,7 @@ def _dataset_metadata(store: ArtifactStore, path, tables, seconds: float) -> dic
 
 
 @dg.asset(
+    backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="microdata",
     deps=["raw_public_inputs"],
     kinds={"python", "file"},
@@ -97,6 +98,7 @@ def cps_source(context: dg.AssetExecutionContext, config: CpsSourceConfig,
 
 
 @dg.asset(
+    backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="microdata",
     deps=[cps_source],
     kinds={"python", "h5"},
@@ -142,6 +144,7 @@ def base_microdata(context: dg.AssetExecutionContext, config: BaseConfig,
 
 
 @dg.asset(
+    backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="microdata",
     deps=[base_microdata],
     kinds={"python", "h5"},
@@ -174,6 +177,7 @@ def enhanced_microdata(context: dg.AssetExecutionContext,
 
 
 @dg.asset(
+    backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="microdata",
     deps=[enhanced_microdata],
     kinds={"python", "h5"},

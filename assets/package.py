@@ -53,6 +53,7 @@ class PackageConfig(dg.Config):
 
 
 @dg.asset(
+    backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="calibration",
     deps=["state_simulations", "targets_db", "raw_public_inputs"],
     kinds={"python", "numpy"},
@@ -98,6 +99,7 @@ def geography_assignment(context: dg.AssetExecutionContext, config: GeographyCon
 
 
 @dg.asset(
+    backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="calibration",
     deps=[geography_assignment, "state_simulations", "targets_db", "stratified_microdata"],
     kinds={"python", "scipy", "parquet"},

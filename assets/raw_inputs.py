@@ -11,6 +11,7 @@ from resources.store import ArtifactStore
 
 
 @dg.asset(
+    backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="raw",
     kinds={"python", "file"},
     code_version=code_version("assets.raw_inputs", "calibration_core.raw_inputs",

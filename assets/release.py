@@ -242,6 +242,7 @@ class StageConfig(dg.Config):
 
 
 @dg.asset(
+    backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="release",
     deps=RELEASE_INPUTS,
     kinds={"python", "file"},
@@ -294,6 +295,7 @@ def staged_release(context: dg.AssetExecutionContext, config: StageConfig, store
 
 
 @dg.asset(
+    backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="release",
     deps=[staged_release],
     kinds={"python", "file"},

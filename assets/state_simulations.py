@@ -221,6 +221,7 @@ def _to_plan_config(values: dict) -> dict:
 
 
 @dg.graph_asset(
+    backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="calibration",
     ins={name: dg.AssetIn(dagster_type=dg.Nothing) for name in UPSTREAM},
     kinds={"python", "numpy"},

@@ -11,6 +11,7 @@ DB_PARTS = ("targets", "targets.db")
 
 
 @dg.asset(
+    backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="targets",
     deps=["raw_public_inputs"],
     kinds={"python", "sqlite"},

@@ -288,6 +288,7 @@ def _to_step_config(values: dict) -> dict:
 
 
 @dg.graph_asset(
+    backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="areas",
     ins={name: dg.AssetIn(dagster_type=dg.Nothing) for name in UPSTREAM},
     kinds={"python", "csv"},

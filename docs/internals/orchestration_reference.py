@@ -174,8 +174,9 @@ def generate() -> str:
         if node.partitions_def is not None:
             bits.append(f"{len(node.partitions_def.get_partition_keys())} partitions")
         policy = node.backfill_policy
-        if policy is not None and policy.max_partitions_per_run:
-            bits.append(f"backfills of {policy.max_partitions_per_run} partitions per run")
+        if node.partitions_def is not None and policy is not None:
+            bits.append(f"backfills of {policy.max_partitions_per_run} partitions per run"
+                        if policy.max_partitions_per_run else "a backfill in one run")
         pool = getattr(node, "pool", None)
         if pool:
             bits.append(f"pool `{pool}`")
