@@ -21,6 +21,7 @@ from assets._metadata import measured
 from calibration_core.fit import (DIAGNOSTICS_FILE, PLOT_FILE, WEIGHTS_FILE, FitError,
                                   read_fit_outputs)
 from calibration_core.io_utils import stable_seed
+from jobs.executors import gpu_step_tags
 from resources.fitter import WeightFitter
 from resources.settings import BuildSettings
 from resources.store import ArtifactStore
@@ -152,6 +153,7 @@ _COMMON = dict(
     group_name="calibration",
     deps=[PACKAGE_KEY],
     pool="gpu",
+    op_tags=gpu_step_tags(),
     kinds={"pytorch"},
     code_version=code_version("assets.fit", "calibration_core.fit", "resources.fitter"),
 )

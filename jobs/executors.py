@@ -8,8 +8,8 @@
   multiprocess run of a process): a process that runs several builds with different
   ``AREACAL_*`` settings, as ``dg.execute_job`` in one Python session may, needs ``spawn``;
 * ``dask``: ``dagster-dask``'s executor. ``AREACAL_DASK_SCHEDULER=tcp://host:8786`` sends the
-  steps to an existing Dask scheduler (workers started with ``--resources GPU=1`` on GPU nodes);
-  without it each run starts a ``distributed.LocalCluster``. Configuration:
+  steps to an existing Dask scheduler; with ``AREACAL_DASK_GPU_RESOURCE=GPU`` the weight fits go
+  only to workers started with ``--resources GPU=1`` (:func:`gpu_step_tags`); without it each run starts a ``distributed.LocalCluster``. Configuration:
   ``deploy/dask/executor.yaml``;
 * ``k8s``: ``dagster-k8s``'s ``k8s_job_executor``, one Kubernetes Job per step, the weight fits
   on a GPU node (``nvidia.com/gpu: 1`` and a node selector). Configuration:
@@ -22,6 +22,7 @@ The engines' packages are imported only when their profile is chosen (extras ``d
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -34,6 +35,26 @@ PROFILES = ("multiprocess", "dask", "k8s", "in_process")
 DEFAULT_PROFILE = "multiprocess"
 START_METHODS = ("forkserver", "spawn")
 PRELOAD_MODULE = "jobs.step_preload"
+DASK_GPU_RESOURCE_ENV = "AREACAL_DASK_GPU_RESOURCE"
+DASK_RESOURCE_TAG = "dagster-dask/resource_requirements"  # dagster_dask.executor reads it
+
+
+def gpu_step_tags(environ=os.environ) -> dict[str, str]:
+    """Op tags of the two fits. ``AREACAL_DASK_GPU_RESOURCE=GPU`` (the name of a Dask worker
+    resource) gives each fit ``{"dagster-dask/resource_requirements": '{"GPU": 1}'}``: under
+    the Dask profile the scheduler then runs the fits only on workers started with ``--resources
+    GPU=1`` (``deploy/dask/executor.yaml``). Unset or empty: no tag, since on a cluster without
+    such a worker a step that asks for one would wait forever.
+
+    Raises ``ValueError`` for a name that is not a Python identifier (Dask's resource names in
+    ``--resources NAME=1``)."""
+    name = (environ.get(DASK_GPU_RESOURCE_ENV) or "").strip()
+    if not name:
+        return {}
+    if not name.isidentifier():
+        raise ValueError(f"{DASK_GPU_RESOURCE_ENV}={name!r}: expected the name of a Dask worker "
+                         "resource, such as GPU")
+    return {DASK_RESOURCE_TAG: json.dumps({name: 1})}
 
 
 def executor_profile() -> str:

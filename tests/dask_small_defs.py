@@ -1,14 +1,15 @@
 """Code location of tests/test_executor_profiles.py's Dask runs: three small assets, one in a
-concurrency pool (as the weight fits are), and a graph-backed asset that fans out into dynamic
-steps (as ``state_simulations`` does) whose second step fails once and is retried alone, on the
-project's ``dask`` executor profile. ``AREACAL_TEST_MARKERS`` names a folder for the marker file
-of that first failure."""
+concurrency pool and asking Dask for the GPU worker resource named in
+``AREACAL_DASK_GPU_RESOURCE`` (as the weight fits do), and a graph-backed asset that fans out
+into dynamic steps (as ``state_simulations`` does) whose second step fails once and is retried
+alone, on the project's ``dask`` executor profile. ``AREACAL_TEST_MARKERS`` names a folder for
+the marker file of that first failure."""
 import os
 from pathlib import Path
 
 import dagster as dg
 
-from jobs.executors import build_executor
+from jobs.executors import build_executor, gpu_step_tags
 
 
 @dg.asset
@@ -16,7 +17,7 @@ def first():
     return dg.MaterializeResult(metadata={"pid": os.getpid()})
 
 
-@dg.asset(deps=[first], pool="gpu")
+@dg.asset(deps=[first], pool="gpu", op_tags=gpu_step_tags())  # as the weight fits
 def fitted():
     return dg.MaterializeResult(metadata={"pid": os.getpid()})
 

@@ -5,6 +5,7 @@ the executor would create for a weight fit requests a GPU on a GPU node."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -162,10 +163,81 @@ def test_a_warning_check_does_not_fail_the_build(dagster_instance):
     assert not materialize_graph(defs, dagster_instance, "*", executor="in_process")
 
 
+def _restrictions_seen(scheduler):
+    """A Dask scheduler plugin, added to ``scheduler``, that records each task's resource
+    restrictions as it starts processing (``.seen``: task key -> ``{"GPU": 1}`` or None)."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class RestrictionsSeen(SchedulerPlugin):
+        name = "areacal-restrictions-seen"
+
+        def __init__(self):
+            self.seen: dict[str, dict | None] = {}
+
+        def transition(self, key, start, finish, *args, **kwargs):
+            if finish == "processing":
+                self.seen[str(key)] = scheduler.tasks[key].resource_restrictions
+
+    plugin = RestrictionsSeen()
+    scheduler.add_plugin(plugin)
+    return plugin
+
+
+@contextmanager
+def _gpu_worker(scheduler: str, repo: Path):
+    """A ``dask worker`` process on 127.0.0.1 that declares one unit of the resource ``GPU``
+    (no GPU needed: Dask only counts the resource), stopped afterwards."""
+    import subprocess
+    import sys
+
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dask"), "worker", scheduler, "--nthreads", "1",
+         "--resources", "GPU=1", "--host", "127.0.0.1", "--no-dashboard", "--no-nanny"],
+        cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield worker
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def test_gpu_step_tags_name_a_dask_worker_resource():
+    from jobs.executors import gpu_step_tags
+
+    assert gpu_step_tags({}) == {} and gpu_step_tags({"AREACAL_DASK_GPU_RESOURCE": " "}) == {}
+    tags = gpu_step_tags({"AREACAL_DASK_GPU_RESOURCE": "GPU"})
+    from dagster_dask.executor import get_dask_resource_requirements
+
+    assert get_dask_resource_requirements(tags) == {"GPU": 1}
+    with pytest.raises(ValueError, match="AREACAL_DASK_GPU_RESOURCE='GPU=1'"):
+        gpu_step_tags({"AREACAL_DASK_GPU_RESOURCE": "GPU=1"})
+    # the project's two fits carry it when the variable is set where the definitions load
+    import subprocess
+    import sys
+
+    script = ("from definitions import defs\n"
+              "for key in ('regional_weights', 'national_weights', 'area_datasets'):\n"
+              "    print(key, defs.resolve_assets_def(key).op.tags.get("
+              "'dagster-dask/resource_requirements'))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+                          env={**os.environ, "AREACAL_DASK_GPU_RESOURCE": "GPU"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[:3] == ['regional_weights {"GPU": 1}',
+                                           'national_weights {"GPU": 1}', "area_datasets None"]
+
+
 def test_dask_profile_runs_steps_on_a_local_cluster(tmp_path, monkeypatch):
     """Three steps, one in a concurrency pool, and a graph asset fanning out into three
-    dynamic steps, through the dask profile on a two-worker ``distributed.LocalCluster`` on
-    127.0.0.1: every step runs in a worker, and the dynamic step that fails once is retried
+    dynamic steps, through the dask profile on a ``distributed.LocalCluster`` on 127.0.0.1 with
+    one worker and a second worker started as ``dask worker --resources GPU=1``: every step
+    runs in a worker, the step that asks for the GPU resource (``AREACAL_DASK_GPU_RESOURCE``, as
+    the weight fits) runs on the GPU worker, and the dynamic step that fails once is retried
     alone (the fast companion of tests/test_dask_executor.py, which builds the tiny preset)."""
     pytest.importorskip("dagster_dask")
     from dagster._core.definitions.reconstruct import ReconstructableRepository
@@ -174,10 +246,19 @@ def test_dask_profile_runs_steps_on_a_local_cluster(tmp_path, monkeypatch):
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     monkeypatch.setenv("AREACAL_TEST_MARKERS", str(tmp_path))
+    monkeypatch.setenv("AREACAL_DASK_GPU_RESOURCE", "GPU")
     monkeypatch.syspath_prepend(str(repo))
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        workers = set(client.run(os.getpid).values())
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client, \
+            _gpu_worker(cluster.scheduler_address, repo):
+        client.wait_for_workers(2, timeout=120)
+        pid_of = client.run(os.getpid)  # worker address -> pid
+        workers = set(pid_of.values())
+        gpu_pids = {pid_of[address] for address, worker in
+                    client.scheduler_info()["workers"].items()
+                    if worker.get("resources", {}).get("GPU")}
+        assert len(workers) == 2 and len(gpu_pids) == 1, (pid_of, gpu_pids)
+        restrictions = _restrictions_seen(cluster.scheduler)  # what each task asked for
         monkeypatch.setenv("AREACAL_DASK_SCHEDULER", cluster.scheduler_address)
         job = ReconstructableRepository.for_module(
             "tests.dask_small_defs", "defs", working_directory=str(repo)
@@ -194,6 +275,9 @@ def test_dask_profile_runs_steps_on_a_local_cluster(tmp_path, monkeypatch):
                             if e.event_type_value == "ASSET_MATERIALIZATION"}
     pids = {e.pid for e in starts}
     assert len(pids) >= 1 and pids <= workers, (pids, workers)
+    assert {e.pid for e in starts if e.step_key == "fitted"} == gpu_pids
+    asked = {key.split(".")[1]: value for key, value in restrictions.seen.items()}
+    assert asked["fitted"] == {"GPU": 1} and asked["first"] is None, asked
     started = sorted(e.step_key for e in starts)
     # the three dynamic steps ran; only the one that failed ran twice
     assert [k for k in started if k.startswith("fanned.run_part")] == [
