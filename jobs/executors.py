@@ -8,9 +8,9 @@
   multiprocess run of a process): a process that runs several builds with different
   ``AREACAL_*`` settings, as ``dg.execute_job`` in one Python session may, needs ``spawn``;
 * ``dask``: ``dagster-dask``'s executor. ``AREACAL_DASK_SCHEDULER=tcp://host:8786`` sends the
-  steps to an existing Dask scheduler; with ``AREACAL_DASK_GPU_RESOURCE=GPU`` the weight fits go
-  only to workers started with ``--resources GPU=1`` (:func:`gpu_step_tags`); without it each run starts a ``distributed.LocalCluster``. Configuration:
-  ``deploy/dask/executor.yaml``;
+  steps to an existing Dask scheduler; without it each run starts a ``distributed.LocalCluster``.
+  With ``AREACAL_DASK_GPU_RESOURCE=GPU`` the weight fits go only to workers started with
+  ``--resources GPU=1`` (:func:`gpu_step_tags`). Configuration: ``deploy/dask/executor.yaml``;
 * ``k8s``: ``dagster-k8s``'s ``k8s_job_executor``, one Kubernetes Job per step, the weight fits
   on a GPU node (``nvidia.com/gpu: 1`` and a node selector). Configuration:
   ``deploy/k8s/executor.yaml``;
